@@ -1,0 +1,36 @@
+# One command to set everything up and run: `make repro` (the pipeline) or `make test`.
+# Both create the virtual environment .venv here when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED ?= ../shared/datasets
+
+.PHONY: setup raw-data repro test test-fast bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The offline raw data: Fashion-MNIST's IDX files and CIFAR-10's canonical archive,
+# written from ../shared/datasets when it is there (see README, "Data").
+raw-data: setup
+	@if [ -d $(SHARED)/fashion-mnist ] && [ ! -f data/raw/fashion_mnist/train-images-idx3-ubyte.gz ]; then \
+	  mkdir -p data/raw/fashion_mnist && cp $(SHARED)/fashion-mnist/*.gz data/raw/fashion_mnist/; fi
+	@if [ -f $(SHARED)/build_cifar10_binary.py ] && [ ! -f data/raw/cifar10/cifar-10-binary.tar.gz ]; then \
+	  $(PY) $(SHARED)/build_cifar10_binary.py data/raw/cifar10; fi
+
+repro: raw-data
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+
+test: raw-data
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf data/tfrecords models metrics/*.tmp .pytest_cache

@@ -1,0 +1,251 @@
+"""The prepare stage's library side: pick a source, run the Beam conversion, publish atomically.
+
+:func:`prepare_dataset` is what ``python -m pipeline.prepare`` calls. It writes into a
+temporary directory beside the output, adds ``dataset_info.json`` last, and only then
+moves the directory into place, so an interrupted or failed run never leaves a
+directory that looks complete (and never touches the previous good output).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import re
+import shutil
+import socket
+import time
+import urllib.parse
+from typing import Literal, Sequence
+
+from components.data import schema
+from components.data.datasets import DatasetSpec, get_dataset
+from components.data.errors import DataError
+from components.data.sources import ArchiveSource, Source, SyntheticSource, TfdsSource
+from components.data.transforms import SUMMARY_FILE, build_conversion, channel_moments
+
+INFO_FILE = "dataset_info.json"
+OUTPUT_SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """Size of the generated data set of the ``synthetic`` source (examples per split)."""
+
+    train_examples: int = 2000
+    test_examples: int = 500
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.train_examples < 1 or self.test_examples < 1:
+            raise ValueError(f"synthetic sizes must be >= 1, got train_examples={self.train_examples}, "
+                             f"test_examples={self.test_examples}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    """The ``prepare`` section of params.yaml."""
+
+    datasets: list[str] = dataclasses.field(default_factory=lambda: ["fashion_mnist", "cifar10"])
+    source: Literal["auto", "archive", "tfds", "synthetic"] = "auto"
+    raw_root: str = "data/raw"  # archives are looked for in <raw_root>/<dataset>/
+    out_root: str = "data/tfrecords"  # shards go to <out_root>/<dataset>/
+    tfds_data_dir: str = "data/tfds"  # where the tfds source builds (and caches downloads)
+    validation_fraction: float = 0.1  # of the publisher's train split, carved by a hash of each key
+    seed: int = 0  # salts the validation and shard hashes
+    num_shards: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"train": 8, "validation": 2, "test": 2})
+    max_rejected: int = 0  # examples that may fail validation before the stage fails
+    block_size: int = 5000  # examples per Beam element
+    runner: str = "DirectRunner"
+    direct_num_workers: int = 2
+    direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "multi_processing"
+    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+
+    def __post_init__(self):
+        for name in self.datasets:
+            get_dataset(name)  # raises with the list of known names
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if set(self.num_shards) != set(OUTPUT_SPLITS) or min(self.num_shards.values()) < 1:
+            raise ValueError(f"num_shards needs a count >= 1 for each of {list(OUTPUT_SPLITS)}, got {self.num_shards}")
+        if self.max_rejected < 0 or self.block_size < 1 or self.direct_num_workers < 1:
+            raise ValueError("max_rejected must be >= 0, block_size and direct_num_workers >= 1; got "
+                             f"{self.max_rejected}, {self.block_size}, {self.direct_num_workers}")
+
+
+def resolve_source(spec: DatasetSpec, config: PrepareConfig, raw_dir: str) -> Source:
+    """The source to read, following ``config.source``; ``auto`` prefers archives on disk."""
+    archive = ArchiveSource(spec, raw_dir, config.block_size)
+    some_archives_present = len(archive.missing_files()) < len(spec.raw_files)
+    if config.source == "archive" or (config.source == "auto" and some_archives_present):
+        return archive  # a partial set fails in describe(), naming the missing file
+    if config.source == "synthetic":
+        return SyntheticSource(spec, config.synthetic.train_examples, config.synthetic.test_examples,
+                               config.synthetic.seed, config.block_size)
+    tfds_source = TfdsSource(spec, config.tfds_data_dir, manual_dir=raw_dir, block_size=config.block_size)
+    if config.source == "tfds":
+        return tfds_source
+    # auto without archives: use tfds if it can download, else say which files to place where.
+    # Probing the host first matters offline: tfds retries a refused download for minutes.
+    unreachable = _unreachable(spec.download_url)
+    try:
+        if unreachable:
+            raise ConnectionError(unreachable)
+        tfds_source.builder()
+    except Exception as error:  # tfds raises many kinds (network, checksum, missing manual files)
+        wanted = "\n".join(f"  {pathlib.Path(raw_dir) / f.name}" for f in spec.raw_files)
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise DataError(
+            f"{spec.name}: no archives in {raw_dir} and tensorflow-datasets could not fetch them "
+            f"({type(error).__name__}: {first_line}).\n"
+            f"Place the publisher's files ({spec.download_url}) here and rerun:\n{wanted}") from None
+    return tfds_source
+
+
+def _unreachable(url: str, timeout_s: float = 3.0) -> str | None:
+    """Why ``url``'s host cannot be reached within ``timeout_s`` seconds, or None if it can."""
+    parsed = urllib.parse.urlsplit(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout_s).close()
+    except OSError as error:
+        return f"cannot reach {parsed.hostname}:{port} ({error})"
+    return None
+
+
+_RUNNER_ALIASES = {"--runner=DaskRunner": "--runner=apache_beam.runners.dask.dask_runner.DaskRunner"}
+
+
+def pipeline_options(config: PrepareConfig, beam_args: Sequence[str]):
+    """Beam options from params, overridden by any ``--runner``-style arguments given."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    # Beam knows DaskRunner only by its full path; accept the short name like the others.
+    beam_args = [_RUNNER_ALIASES.get(a, a) for a in beam_args]
+    defaults = {"runner": _RUNNER_ALIASES.get(f"--runner={config.runner}", config.runner).removeprefix("--runner=")}
+    if config.runner == "DirectRunner":
+        defaults.update(direct_num_workers=config.direct_num_workers,
+                        direct_running_mode=config.direct_running_mode)
+    return PipelineOptions(list(beam_args), **{k: v for k, v in defaults.items()
+                                              if not any(a.startswith(f"--{k}") for a in beam_args)})
+
+
+def prepare_dataset(name: str, config: PrepareConfig, raw_dir: str | None = None, out_dir: str | None = None,
+                    beam_args: Sequence[str] = (), log=print) -> dict:
+    """Convert data set ``name`` to sharded TFRecords plus ``dataset_info.json``; return the info."""
+    import apache_beam as beam
+
+    spec = get_dataset(name)
+    raw_dir = str(raw_dir or pathlib.Path(config.raw_root) / name)
+    out_path = pathlib.Path(out_dir or pathlib.Path(config.out_root) / name)
+    source = resolve_source(spec, config, raw_dir)
+    log(f"[prepare] {name}: source {source.kind} ({getattr(source, 'raw_dir', '') or source.describe()})")
+    source_info = source.describe()
+    for raw in source_info.get("files", []):
+        log(f"[prepare]   {raw['name']}: {raw['verified']}")
+
+    temp_dir = _make_temp_dir(out_path)
+    started = time.perf_counter()
+    try:
+        with beam.Pipeline(options=pipeline_options(config, beam_args)) as pipeline:
+            build_conversion(pipeline, source, spec, str(temp_dir), config.validation_fraction,
+                             config.num_shards, config.seed)
+        reports = json.loads((temp_dir / SUMMARY_FILE).read_text())
+        info = dataset_info(spec, reports, source_info, config)
+        (temp_dir / SUMMARY_FILE).unlink()
+        (temp_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        _publish(temp_dir, out_path)
+    except BaseException as error:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        if isinstance(error, Exception) and not isinstance(error, DataError):
+            message = _data_error_message(error)
+            if message:
+                raise DataError(message) from None
+        raise
+    counts = ", ".join(f"{split} {info['splits'][split]['examples']}" for split in OUTPUT_SPLITS)
+    log(f"[prepare] {name}: wrote {out_path} ({counts}) in {time.perf_counter() - started:.1f} s")
+    return info
+
+
+def dataset_info(spec: DatasetSpec, reports: list[dict], source_info: dict, config: PrepareConfig) -> dict:
+    """Assemble ``dataset_info.json`` from the pipeline's reports; fail on rejected examples."""
+    rejected = [r for r in reports if r["kind"] == "rejected"]
+    total_rejected = sum(r["count"] for r in rejected)
+    if total_rejected > config.max_rejected:
+        reasons = "\n".join(f"  {r['origin']}: {r['count']} example(s) rejected, {r['reason']} "
+                            f"(first: {r['example_key']})" for r in rejected)
+        raise DataError(f"{spec.name}: {total_rejected} example(s) failed validation "
+                        f"(max_rejected is {config.max_rejected}):\n{reasons}")
+    histogram = next(r["histogram"] for r in reports if r["kind"] == "train_pixel_histogram")
+    mean, std = channel_moments(histogram)
+    splits = {}
+    for split in OUTPUT_SPLITS:
+        shards = sorted((r for r in reports if r["kind"] == "shard" and r["split"] == split),
+                        key=lambda r: r["shard"])
+        class_counts = [sum(column) for column in zip(*(s["class_counts"] for s in shards))]
+        splits[split] = {
+            "examples": sum(s["count"] for s in shards),
+            "num_shards": len(shards),
+            "shards": [{"file": s["file"], "examples": s["count"]} for s in shards],
+            "class_counts": class_counts,
+        }
+    return {
+        "name": spec.name,
+        "schema_version": schema.SCHEMA_VERSION,
+        "image_shape": list(spec.image_shape),
+        "num_classes": spec.num_classes,
+        "label_names": list(spec.label_names),
+        "splits": splits,
+        "train_statistics": {"mean": mean, "std": std, "units": "pixel values 0-255, per channel, train split"},
+        "validation": {"fraction": config.validation_fraction, "seed": config.seed,
+                       "carved_from": "train", "method": "splitmix64 hash of the example key"},
+        "source": source_info,
+        "shard_pattern": f"{spec.name}-{{split}}.tfrecord-{{shard:05d}}-of-{{num_shards:05d}}",
+        "features": {"image": "bytes: raw uint8 pixels HxWxC", "key": "bytes", "label": "int64",
+                     "shape": "int64[3]"},
+    }
+
+
+def _make_temp_dir(out_path: pathlib.Path) -> pathlib.Path:
+    """A fresh temporary directory beside the output (same file system, so the move is a rename)."""
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        temp_dir = out_path.parent / f".{out_path.name}.tmp-{os.getpid()}"
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        temp_dir.mkdir()
+        probe = temp_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise DataError(f"{out_path}: output directory is not writable ({error.strerror}: {error.filename})") from None
+    return temp_dir
+
+
+def _publish(temp_dir: pathlib.Path, out_path: pathlib.Path) -> None:
+    """Move the finished directory into place; the old output is removed only after."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
+    previous = out_path.parent / f".{out_path.name}.old-{stamp}-{os.getpid()}"
+    if out_path.exists():
+        os.replace(out_path, previous)
+    os.replace(temp_dir, out_path)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _data_error_message(error: BaseException) -> str | None:
+    """Our DataError's message when a runner wrapped it in its own exception, else None."""
+    match = re.search(r"DataError: (.+?)(?:\s\[while running|\n\n|$)", str(error), re.S)
+    return match.group(1).strip() if match else None
+
+
+def load_dataset_info(directory: str | pathlib.Path) -> dict:
+    """Read ``dataset_info.json`` of a prepared directory, with a clear error if it is absent."""
+    path = pathlib.Path(directory) / INFO_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run `python -m pipeline.prepare --dataset "
+                        f"{pathlib.Path(directory).name}` first (or `dvc repro`)") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from None

@@ -1,0 +1,106 @@
+"""Readers for the publishers' own archive formats, with no pickle and no extraction to disk.
+
+* IDX (MNIST, Fashion-MNIST): gzip-compressed big-endian files, magic ``0x0803`` for
+  uint8 images (count, rows, cols) and ``0x0801`` for uint8 labels (count).
+* CIFAR binary (``cifar-10-binary.tar.gz``, ``cifar-100-binary.tar.gz``): fixed-size
+  records of label byte(s) followed by 3072 pixel bytes, channel-major (R, G, B planes).
+  Tar members are streamed from the archive (``r|gz``), so no member name can escape
+  to the file system.
+
+Every failure raises :class:`DataError` naming the file and what is wrong with it.
+"""
+from __future__ import annotations
+
+import gzip
+import pathlib
+import struct
+import tarfile
+import zlib
+from typing import Iterator
+
+import numpy as np
+
+from components.data.errors import DataError
+
+IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte data, 3 dimensions
+IDX_LABELS_MAGIC = 0x00000801  # unsigned byte data, 1 dimension
+CIFAR_PIXELS = 32 * 32 * 3
+
+
+def read_gzip(path: str | pathlib.Path) -> bytes:
+    """Return the decompressed bytes of a gzip file, or raise DataError naming it."""
+    path = pathlib.Path(path)
+    try:
+        with gzip.open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, EOFError, zlib.error) as error:
+        # gzip raises BadGzipFile (an OSError) for a wrong header and EOFError for a
+        # truncated stream.
+        raise DataError(f"{path}: not a valid gzip file ({type(error).__name__}: {error})") from None
+
+
+def parse_idx_images(payload: bytes, source: str) -> np.ndarray:
+    """Parse an IDX3 image file's bytes into a uint8 array of shape (count, rows, cols, 1)."""
+    if len(payload) < 16:
+        raise DataError(f"{source}: {len(payload)} bytes is too short for an IDX image header (16 bytes)")
+    magic, count, rows, cols = struct.unpack(">IIII", payload[:16])
+    if magic != IDX_IMAGES_MAGIC:
+        raise DataError(f"{source}: IDX magic {magic:#010x}, expected {IDX_IMAGES_MAGIC:#010x} (uint8 images)")
+    expected = 16 + count * rows * cols
+    if len(payload) != expected:
+        raise DataError(f"{source}: header says {count} images of {rows}x{cols} ({expected} bytes), "
+                        f"file has {len(payload)} bytes")
+    return np.frombuffer(payload, np.uint8, offset=16).reshape(count, rows, cols, 1)
+
+
+def parse_idx_labels(payload: bytes, source: str) -> np.ndarray:
+    """Parse an IDX1 label file's bytes into an int64 array of shape (count,)."""
+    if len(payload) < 8:
+        raise DataError(f"{source}: {len(payload)} bytes is too short for an IDX label header (8 bytes)")
+    magic, count = struct.unpack(">II", payload[:8])
+    if magic != IDX_LABELS_MAGIC:
+        raise DataError(f"{source}: IDX magic {magic:#010x}, expected {IDX_LABELS_MAGIC:#010x} (uint8 labels)")
+    if len(payload) != 8 + count:
+        raise DataError(f"{source}: header says {count} labels ({8 + count} bytes), file has {len(payload)} bytes")
+    return np.frombuffer(payload, np.uint8, offset=8).astype(np.int64)
+
+
+def read_idx_split(images_path: str | pathlib.Path, labels_path: str | pathlib.Path
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Read one split from a pair of gzip IDX files; checks the counts agree."""
+    images = parse_idx_images(read_gzip(images_path), str(images_path))
+    labels = parse_idx_labels(read_gzip(labels_path), str(labels_path))
+    if len(images) != len(labels):
+        raise DataError(f"{images_path}: {len(images)} images but {labels_path} has {len(labels)} labels")
+    return images, labels
+
+
+def iter_tar_members(path: str | pathlib.Path) -> Iterator[tuple[str, bytes]]:
+    """Yield ``(member name, bytes)`` for each regular file of a ``.tar.gz``, streaming."""
+    path = pathlib.Path(path)
+    try:
+        with tarfile.open(path, mode="r|gz") as archive:
+            for member in archive:
+                if member.isfile():
+                    yield member.name, archive.extractfile(member).read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path}: truncated or corrupt tar.gz archive ({type(error).__name__}: {error})") from None
+
+
+def parse_cifar_records(payload: bytes, label_bytes: int, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Parse CIFAR binary records into (images uint8 (N, 32, 32, 3), labels int64 (N, label_bytes)).
+
+    Each record is ``label_bytes`` label bytes then 1024 R, 1024 G and 1024 B bytes, row-major.
+    """
+    record_size = label_bytes + CIFAR_PIXELS
+    if len(payload) == 0 or len(payload) % record_size:
+        raise DataError(f"{source}: {len(payload)} bytes is not a whole number of "
+                        f"{record_size}-byte CIFAR records")
+    records = np.frombuffer(payload, np.uint8).reshape(-1, record_size)
+    labels = records[:, :label_bytes].astype(np.int64)
+    images = records[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels

@@ -1,0 +1,95 @@
+"""Shared fixtures: tiny data sets written in the publishers' exact formats."""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pathlib
+import struct
+import tarfile
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def write_idx_images(path: pathlib.Path, images: np.ndarray, magic: int = 0x00000803) -> None:
+    count, rows, cols = images.shape[:3]
+    with gzip.open(path, "wb") as handle:
+        handle.write(struct.pack(">IIII", magic, count, rows, cols) + images.astype(np.uint8).tobytes())
+
+
+def write_idx_labels(path: pathlib.Path, labels: np.ndarray, magic: int = 0x00000801) -> None:
+    with gzip.open(path, "wb") as handle:
+        handle.write(struct.pack(">II", magic, len(labels)) + labels.astype(np.uint8).tobytes())
+
+
+def make_images(count: int, shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (count, *shape), dtype=np.uint8), rng.integers(0, 10, count)
+
+
+def write_mnist_dir(directory: pathlib.Path, train: int = 300, test: int = 100, seed: int = 0) -> dict:
+    """The four gzip IDX files of the MNIST family, with random content; returns the arrays."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = {}
+    for split, prefix, count in (("train", "train", train), ("test", "t10k", test)):
+        images, labels = make_images(count, (28, 28), seed + (split == "test"))
+        write_idx_images(directory / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx_labels(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
+        data[split] = (images[..., None], labels)
+    return data
+
+
+def cifar10_records(images: np.ndarray, labels: np.ndarray) -> bytes:
+    """CIFAR-10 binary records: label byte then the R, G and B planes."""
+    planes = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    return np.concatenate([labels.astype(np.uint8)[:, None], planes], axis=1).tobytes()
+
+
+def write_tar_gz(path: pathlib.Path, members: dict[str, bytes]) -> None:
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+
+
+def write_cifar10_dir(directory: pathlib.Path, per_batch: int = 40, test: int = 50, seed: int = 0) -> dict:
+    """A small ``cifar-10-binary.tar.gz`` in the exact published layout; returns the arrays."""
+    directory.mkdir(parents=True, exist_ok=True)
+    members, train_parts = {}, []
+    for batch in range(1, 6):
+        images, labels = make_images(per_batch, (32, 32, 3), seed + batch)
+        members[f"cifar-10-batches-bin/data_batch_{batch}.bin"] = cifar10_records(images, labels)
+        train_parts.append((images, labels))
+    test_images, test_labels = make_images(test, (32, 32, 3), seed + 99)
+    members["cifar-10-batches-bin/test_batch.bin"] = cifar10_records(test_images, test_labels)
+    members["cifar-10-batches-bin/batches.meta.txt"] = b"airplane\nautomobile\n"
+    write_tar_gz(directory / "cifar-10-binary.tar.gz", members)
+    return {"train": (np.concatenate([p[0] for p in train_parts]), np.concatenate([p[1] for p in train_parts])),
+            "test": (test_images, test_labels)}
+
+
+@pytest.fixture
+def mnist_dir(tmp_path):
+    directory = tmp_path / "raw" / "mnist"
+    return directory, write_mnist_dir(directory)
+
+
+@pytest.fixture
+def cifar10_dir(tmp_path):
+    directory = tmp_path / "raw" / "cifar10"
+    return directory, write_cifar10_dir(directory)
+
+
+def require_shared(*parts: str) -> pathlib.Path:
+    path = SHARED_DATASETS.joinpath(*parts)
+    if not path.exists():
+        pytest.fail(f"{path}: the real data in ../shared/datasets is missing (see README, 'Data')")
+    return path

@@ -1,0 +1,206 @@
+"""The prepare stage end to end: synthetic, tiny archives, a slice of real data, reruns,
+a second Beam runner, and every kind of bad input."""
+import dataclasses
+import gzip
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.data import DataError, schema
+from components.data.prepare import PrepareConfig, SyntheticConfig, prepare_dataset
+from pipeline import prepare as prepare_cli
+from tests.conftest import REPO, require_shared, write_idx_labels, write_mnist_dir
+
+FAST = PrepareConfig(direct_running_mode="in_memory", direct_num_workers=1,
+                     num_shards={"train": 3, "validation": 1, "test": 2}, block_size=128)
+
+
+def read_split(out_dir: pathlib.Path, dataset: str, split: str) -> dict[str, tuple[np.ndarray, int]]:
+    """key -> (image, label) for every record of a split, checking shard names as it goes."""
+    info = json.loads((out_dir / "dataset_info.json").read_text())
+    examples = {}
+    for shard in info["splits"][split]["shards"]:
+        records = list(schema.iter_tfrecords(str(out_dir / shard["file"])))
+        assert len(records) == shard["examples"]
+        if records:
+            parsed = tf.io.parse_example(records, schema.tf_feature_spec())
+            images = tf.io.decode_raw(parsed["image"], tf.uint8).numpy().reshape(-1, *info["image_shape"])
+            keys = [k.decode() for k in parsed["key"].numpy()]
+            assert keys == sorted(keys)  # records sorted by key within a shard
+            examples.update(zip(keys, zip(images, parsed["label"].numpy().tolist())))
+    return examples
+
+
+def test_archive_end_to_end_keeps_every_example_once(tmp_path, mnist_dir):
+    raw_dir, data = mnist_dir
+    out = tmp_path / "out"
+    info = prepare_dataset("mnist", FAST, str(raw_dir), str(out), log=lambda *_: None)
+    assert sorted(p.name for p in out.iterdir()) == ["dataset_info.json"] + [
+        f"mnist-{split}.tfrecord-{i:05d}-of-{n:05d}" for split, n in (("test", 2), ("train", 3), ("validation", 1))
+        for i in range(n)]
+    train, validation, test = (read_split(out, "mnist", s) for s in ("train", "validation", "test"))
+    assert len(train) + len(validation) == 300 and len(test) == 100
+    assert not set(train) & set(validation)
+    images, labels = data["train"]
+    for key, (image, label) in {**train, **validation}.items():
+        index = int(key.split("/")[1])
+        assert label == labels[index]
+        np.testing.assert_array_equal(image, images[index])
+    assert info["splits"]["train"]["examples"] == len(train)
+    assert sum(info["splits"]["validation"]["class_counts"]) == len(validation)
+    train_pixels = np.stack([image for image, _ in train.values()]).astype(np.float64)
+    np.testing.assert_allclose(info["train_statistics"]["mean"], [train_pixels.mean()], rtol=1e-9)
+    np.testing.assert_allclose(info["train_statistics"]["std"], [train_pixels.std()], rtol=1e-9)
+    assert info["source"]["kind"] == "archive"
+    assert info["schema_version"] == schema.SCHEMA_VERSION
+
+
+def shard_bytes(directory: pathlib.Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_reruns_and_worker_modes_give_identical_bytes(tmp_path, cifar10_dir):
+    raw_dir, _ = cifar10_dir
+    first, second, parallel = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    prepare_dataset("cifar10", FAST, str(raw_dir), str(first), log=lambda *_: None)
+    prepare_dataset("cifar10", FAST, str(raw_dir), str(second), log=lambda *_: None)
+    multi = dataclasses.replace(FAST, direct_running_mode="multi_processing", direct_num_workers=2, block_size=64)
+    prepare_dataset("cifar10", multi, str(raw_dir), str(parallel), log=lambda *_: None)
+    assert shard_bytes(first) == shard_bytes(second) == shard_bytes(parallel)
+
+
+def test_dask_runner_writes_the_same_shards(tmp_path, mnist_dir):
+    distributed = pytest.importorskip("distributed")
+    raw_dir, _ = mnist_dir
+    direct, dask = tmp_path / "direct", tmp_path / "dask"
+    prepare_dataset("mnist", FAST, str(raw_dir), str(direct), log=lambda *_: None)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        prepare_dataset("mnist", FAST, str(raw_dir), str(dask), log=lambda *_: None,
+                        beam_args=["--runner=DaskRunner", f"--dask_client_address={cluster.scheduler_address}"])
+    assert shard_bytes(direct) == shard_bytes(dask)
+
+
+def test_synthetic_source_through_the_cli(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("prepare:\n  source: synthetic\n  direct_running_mode: in_memory\n"
+                      "  synthetic: {train_examples: 200, test_examples: 40, seed: 1}\n")
+    out = tmp_path / "synthetic"
+    assert prepare_cli.main(["--dataset", "cifar10", "--params", str(params), "--out-dir", str(out),
+                             "--raw-dir", str(tmp_path / "none")]) == 0
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert info["source"] == {"kind": "synthetic", "seed": 1, "examples": {"train": 200, "test": 40}}
+    assert info["splits"]["train"]["examples"] + info["splits"]["validation"]["examples"] == 200
+    assert info["splits"]["train"]["num_shards"] == 8
+
+
+def test_real_fashion_mnist_slice(tmp_path):
+    """The first 600 training and 200 test images of the real Fashion-MNIST files."""
+    shared = require_shared("fashion-mnist")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name, count in (("train", 600), ("t10k", 200)):
+        images = gzip.decompress((shared / f"{name}-images-idx3-ubyte.gz").read_bytes())
+        labels = gzip.decompress((shared / f"{name}-labels-idx1-ubyte.gz").read_bytes())
+        (raw / f"{name}-images-idx3-ubyte.gz").write_bytes(gzip.compress(
+            images[:4] + count.to_bytes(4, "big") + images[8:16] + images[16:16 + count * 784]))
+        (raw / f"{name}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(
+            labels[:4] + count.to_bytes(4, "big") + labels[8:8 + count]))
+    info = prepare_dataset("fashion_mnist", FAST, str(raw), str(tmp_path / "out"), log=lambda *_: None)
+    assert info["label_names"][9] == "Ankle boot"
+    assert sum(info["splits"]["test"]["class_counts"]) == 200
+    assert all(c > 0 for c in info["splits"]["train"]["class_counts"])
+    assert 60 < info["train_statistics"]["mean"][0] < 80  # Fashion-MNIST's mean pixel is about 72.9
+
+
+def run_cli(*args, params=None):
+    return subprocess.run([sys.executable, "-m", "pipeline.prepare", *args] + (["--params", str(params)] if params else []),
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def fast_params(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("prepare:\n  direct_running_mode: in_memory\n  direct_num_workers: 1\n")
+    return path
+
+
+def assert_failed_cleanly(result, out: pathlib.Path, *fragments):
+    assert result.returncode == 1, result.stderr
+    message = result.stderr.strip().splitlines()
+    assert message[-1].startswith("prepare: error: ") or any(m.startswith("prepare: error: ") for m in message)
+    for fragment in fragments:
+        assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists() or (out / "previous-marker").exists()
+    assert not list(out.parent.glob(f".{out.name}.tmp-*"))
+
+
+@pytest.mark.parametrize("problem", ["missing", "truncated", "label-out-of-range"])
+def test_bad_archives_fail_with_one_clear_message(tmp_path, mnist_dir, fast_params, problem):
+    raw_dir, _ = mnist_dir
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "previous-marker").write_text("an earlier good output stays untouched")
+    labels = raw_dir / "train-labels-idx1-ubyte.gz"
+    if problem == "missing":
+        labels.unlink()
+        fragments = ["train-labels-idx1-ubyte.gz: file not found"]
+    elif problem == "truncated":
+        images = raw_dir / "train-images-idx3-ubyte.gz"
+        images.write_bytes(images.read_bytes()[:5000])
+        fragments = ["train-images-idx3-ubyte.gz: not a valid gzip file"]
+    else:
+        write_idx_labels(labels, np.full(300, 12))
+        fragments = ["300 example(s) failed validation", "label out of range [0, 10)",
+                     "train-images-idx3-ubyte.gz"]
+    result = run_cli("--dataset", "mnist", "--raw-dir", str(raw_dir), "--out-dir", str(out), params=fast_params)
+    assert_failed_cleanly(result, out, *fragments)
+    assert (out / "previous-marker").exists()
+
+
+def test_max_rejected_lets_known_bad_examples_through(tmp_path, mnist_dir):
+    raw_dir, _ = mnist_dir
+    labels = np.arange(300) % 10
+    labels[[5, 17]] = 200
+    write_idx_labels(raw_dir / "train-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(DataError, match="2 example"):
+        prepare_dataset("mnist", FAST, str(raw_dir), str(tmp_path / "strict"), log=lambda *_: None)
+    info = prepare_dataset("mnist", dataclasses.replace(FAST, max_rejected=2), str(raw_dir),
+                           str(tmp_path / "lenient"), log=lambda *_: None)
+    assert info["splits"]["train"]["examples"] + info["splits"]["validation"]["examples"] == 298
+
+
+def test_unknown_dataset_and_unwritable_output(tmp_path, mnist_dir, fast_params):
+    result = run_cli("--dataset", "mnits", params=fast_params)
+    assert result.returncode == 1 and "unknown data set 'mnits'" in result.stderr and "Did you mean 'mnist'" in result.stderr
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    raw_dir, _ = mnist_dir
+    result = run_cli("--dataset", "mnist", "--raw-dir", str(raw_dir), "--out-dir", str(blocker / "out"),
+                     params=fast_params)
+    assert result.returncode == 1 and "output directory is not writable" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_params_are_rejected(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("prepare:\n  validation_fration: 0.2\n")
+    result = run_cli("--dataset", "mnist", params=params)
+    assert result.returncode == 1
+    assert "unknown key(s) ['validation_fration']" in result.stderr and "validation_fraction" in result.stderr
+    params.write_text("prepare:\n  validation_fraction: 1.5\n")
+    assert "validation_fraction must be in [0, 1), got 1.5" in run_cli("--dataset", "mnist", params=params).stderr
+
+
+def test_auto_without_archives_offline_says_what_to_place_where(tmp_path, fast_params):
+    result = run_cli("--dataset", "mnist", "--raw-dir", str(tmp_path / "empty"), "--out-dir",
+                     str(tmp_path / "out"), params=fast_params)
+    assert result.returncode == 1
+    assert "Place the publisher's files (https://storage.googleapis.com/cvdf-datasets/mnist/) here and rerun" in result.stderr
+    assert str(tmp_path / "empty" / "train-images-idx3-ubyte.gz") in result.stderr
