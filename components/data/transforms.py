@@ -5,16 +5,19 @@ single examples: Beam's per-element overhead would otherwise dominate (handing
 60,000 single images through a DirectRunner costs minutes, blocks cost seconds).
 
     source ─ ReadSource ─ ValidateExamples ─ CarveValidation ─┬─ EncodeAndWriteShards ─┐
-                                                              └─ TrainPixelHistogram ───┴─ WriteSummary
+                                                              └─ TrainPixelHistogram ───┴─ WriteReports
 
 Everything the driver needs afterwards (per-shard counts and class counts, rejected
-examples, the train pixel histogram) flows into one summary JSON in the output
-directory, so the driver never depends on a runner's metrics API (DaskRunner has none).
+examples, the train pixel histogram) is written as small report files under
+``_reports/`` in the output directory, so the driver never depends on a runner's
+metrics API (DaskRunner has none).
 Beam counters are kept as well, for the runners' own UIs.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import pathlib
 import zlib
 from typing import Iterable, Iterator
 
@@ -26,7 +29,7 @@ from components.data import schema
 from components.data.datasets import DatasetSpec
 from components.data.sources import Block
 
-SUMMARY_FILE = "_conversion_summary.json"
+REPORTS_DIR = "_reports"
 NAMESPACE = "prepare"
 
 
@@ -120,11 +123,11 @@ class CarveValidationFn(beam.DoFn):
 
 
 class EncodeForShardsFn(beam.DoFn):
-    """Encode a block to serialized Examples and group them by destination shard.
+    """Encode a block to framed TFRecords and group them by destination shard.
 
     The shard is a hash of the key (independent of the validation hash), so every shard
     is a uniform sample of its split: what interleaved reading at training time wants.
-    Emits ``((split, shard), (keys, records, labels))``.
+    Emits ``((split, shard), (keys, framed records matrix, labels))``.
     """
 
     def __init__(self, num_shards: dict[str, int], seed: int):
@@ -135,12 +138,12 @@ class EncodeForShardsFn(beam.DoFn):
         if not len(block):
             return
         keys = block.keys()
-        records = schema.encode_block(block.images, block.labels, keys)
+        framed = schema.framed_block(block.images, block.labels, keys)
+        keys = np.array(keys, dtype="S")
         shards = stable_hash(block.indices, self.salt + block.source_split) % np.uint64(self.num_shards[block.split])
         for shard in np.unique(shards).tolist():
-            picked = np.flatnonzero(shards == shard).tolist()
-            yield (block.split, shard), ([keys[i] for i in picked], [records[i] for i in picked],
-                                         block.labels[picked])
+            picked = shards == shard
+            yield (block.split, shard), (keys[picked], framed[picked], block.labels[picked])
 
 
 class WriteShardFn(beam.DoFn):
@@ -154,22 +157,24 @@ class WriteShardFn(beam.DoFn):
 
     def process(self, element):
         (split, shard), parts = element
-        keys, records, labels = [], [], []
-        for part_keys, part_records, part_labels in parts:
-            keys.extend(part_keys)
-            records.extend(part_records)
-            labels.extend(np.asarray(part_labels).tolist())
-        order = sorted(range(len(keys)), key=keys.__getitem__)
+        parts = [part for part in parts if len(part[0])]  # drop the empty placeholder
         name = shard_file_name(self.dataset, split, shard, self.num_shards[split])
+        labels = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
         with FileSystems.create(FileSystems.join(self.out_dir, name)) as handle:
-            schema.write_tfrecords(handle, [records[i] for i in order])
+            if parts:
+                # All records of a split share one layout, so the rows concatenate.
+                keys = np.concatenate([p[0] for p in parts])
+                handle.write(np.concatenate([p[1] for p in parts])[np.argsort(keys, kind="stable")].tobytes())
         beam.metrics.Metrics.counter(NAMESPACE, "shards_written").inc()
-        yield {"kind": "shard", "split": split, "shard": shard, "file": name, "count": len(keys),
-               "class_counts": np.bincount(np.asarray(labels, np.int64), minlength=self.num_classes).tolist()}
+        yield {"kind": "shard", "split": split, "shard": shard, "file": name, "count": len(labels),
+               "class_counts": np.bincount(labels, minlength=self.num_classes).tolist()}
 
 
 class PixelHistogramFn(beam.CombineFn):
-    """Per-channel histogram of pixel values (C x 256 counts): exact, order-free statistics.
+    """Per-channel histogram of the train split's pixel values (C x 256 counts).
+
+    Other splits are skipped here rather than filtered out by a step of their own: each
+    Beam step has a fixed cost that matters at this data size.
 
     Mean and standard deviation follow exactly from the histogram, with no floating
     point sums whose result would depend on the order workers combine in.
@@ -182,9 +187,12 @@ class PixelHistogramFn(beam.CombineFn):
         return np.zeros((self.channels, 256), np.int64)
 
     def add_input(self, accumulator, block: Block):
-        pixels = block.images.reshape(-1, self.channels)
-        for channel in range(self.channels):
-            accumulator[channel] += np.bincount(pixels[:, channel], minlength=256)
+        if block.split != "train":
+            return accumulator
+        # One bincount over (channel * 256 + value) instead of one strided pass per channel.
+        offsets = np.arange(self.channels, dtype=np.uint16) * 256
+        codes = block.images.reshape(-1, self.channels).astype(np.uint16) + offsets
+        accumulator += np.bincount(codes.ravel(), minlength=256 * self.channels).reshape(self.channels, 256)
         return accumulator
 
     def merge_accumulators(self, accumulators):
@@ -207,12 +215,12 @@ def channel_moments(histogram: Iterable[Iterable[int]]) -> tuple[list[float], li
 
 
 @beam.ptransform_fn
-def ReadSource(pipeline, source):
+def ReadSource(pipeline, source, spread: bool = True):
     """Create the source on one worker, read its blocks there, spread them over workers."""
-    return (pipeline
-            | "CreateSource" >> beam.Create([source])
-            | "ReadBlocks" >> beam.ParDo(ReadBlocksFn())
-            | "SpreadBlocks" >> beam.Reshuffle())
+    blocks = (pipeline
+              | "CreateSource" >> beam.Create([source])
+              | "ReadBlocks" >> beam.ParDo(ReadBlocksFn()))
+    return blocks | "SpreadBlocks" >> beam.Reshuffle() if spread else blocks
 
 
 @beam.ptransform_fn
@@ -232,7 +240,7 @@ def CarveValidation(blocks, fraction: float, seed: int):
 @beam.ptransform_fn
 def EncodeAndWriteShards(blocks, out_dir: str, spec: DatasetSpec, num_shards: dict[str, int], seed: int):
     """Encode, group by shard and write every shard; an empty shard is still written."""
-    every_shard = [((split, shard), ([], [], np.zeros(0, np.int64)))
+    every_shard = [((split, shard), (np.zeros(0, "S1"), np.zeros((0, 0), np.uint8), np.zeros(0, np.int64)))
                    for split, count in sorted(num_shards.items()) for shard in range(count)]
     encoded = blocks | "Encode" >> beam.ParDo(EncodeForShardsFn(num_shards, seed))
     placeholders = blocks.pipeline | "EveryShard" >> beam.Create(every_shard)
@@ -244,32 +252,44 @@ def EncodeAndWriteShards(blocks, out_dir: str, spec: DatasetSpec, num_shards: di
 
 @beam.ptransform_fn
 def TrainPixelHistogram(blocks, channels: int):
-    return (blocks
-            | "OnlyTrain" >> beam.Filter(lambda block: block.split == "train")
-            | "Histogram" >> beam.CombineGlobally(PixelHistogramFn(channels)))
+    return blocks | "Histogram" >> beam.CombineGlobally(PixelHistogramFn(channels))
 
 
-def _write_summary(reports: list[dict], path: str) -> str:
-    reports = sorted(reports, key=lambda r: json.dumps(r, sort_keys=True))
-    with FileSystems.create(path) as handle:
-        handle.write(json.dumps(reports).encode())
-    return path
+class WriteReportFn(beam.DoFn):
+    """Write each report dict as its own small JSON file under ``<out_dir>/_reports/``.
+
+    The file name is a hash of the content, so a retried bundle rewrites the same file.
+    One file per report needs no global combine step before the driver can read them.
+    """
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+
+    def process(self, report: dict):
+        payload = json.dumps(report, sort_keys=True).encode()
+        name = f"{report['kind']}-{hashlib.sha1(payload).hexdigest()[:16]}.json"
+        with FileSystems.create(FileSystems.join(self.out_dir, REPORTS_DIR, name)) as handle:
+            handle.write(payload)
 
 
-@beam.ptransform_fn
-def WriteSummary(report_collections, out_dir: str):
-    return (report_collections
-            | "AllReports" >> beam.Flatten()
-            | "Collect" >> beam.combiners.ToList()
-            | "WriteJson" >> beam.Map(_write_summary, FileSystems.join(out_dir, SUMMARY_FILE)))
+def read_reports(out_dir: str) -> list[dict]:
+    """The reports the pipeline wrote (local directories)."""
+    return [json.loads(path.read_text()) for path in sorted(pathlib.Path(out_dir, REPORTS_DIR).glob("*.json"))]
 
 
 def build_conversion(pipeline, source, spec: DatasetSpec, out_dir: str, validation_fraction: float,
-                     num_shards: dict[str, int], seed: int) -> None:
-    """Add the whole conversion of ``source`` into ``out_dir`` to ``pipeline``."""
-    blocks = pipeline | "ReadSource" >> ReadSource(source)
+                     num_shards: dict[str, int], seed: int, spread: bool = True) -> None:
+    """Add the whole conversion of ``source`` into ``out_dir`` to ``pipeline``.
+
+    ``spread`` redistributes the blocks after reading; worth it only when there are
+    several workers to spread them over.
+    """
+    blocks = pipeline | "ReadSource" >> ReadSource(source, spread)
     valid, rejected = blocks | "ValidateExamples" >> ValidateExamples(spec)
     split = valid | "CarveValidation" >> CarveValidation(validation_fraction, seed)
     shards = split | "EncodeAndWriteShards" >> EncodeAndWriteShards(out_dir, spec, num_shards, seed)
     histogram = split | "TrainPixelHistogram" >> TrainPixelHistogram(spec.image_shape[2])
-    (shards, rejected, histogram) | "WriteSummary" >> WriteSummary(out_dir)
+    # One sink fed by every branch: DaskRunner computes only the last step's graph.
+    ((shards, rejected, histogram)
+     | "AllReports" >> beam.Flatten()
+     | "WriteReports" >> beam.ParDo(WriteReportFn(out_dir)))

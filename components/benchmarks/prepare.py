@@ -1,0 +1,79 @@
+"""``bench prepare``: our Beam conversion against the tutorials' plain single-process loop.
+
+The baseline reads the same archive and writes one TFRecord file per split with
+``tf.train.Example`` and ``tf.io.TFRecordWriter``, as the seed tutorials do. It does no
+validation, no split, no statistics and no sharding; ours does all of them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from components.config import load_section
+from components.data.datasets import get_dataset
+from components.data.prepare import PrepareConfig, prepare_dataset
+from components.data.sources import ArchiveSource
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--dataset", default="cifar10")
+    parser.add_argument("--raw-dir", help="default: <raw_root>/<dataset> from params")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each; the best time counts")
+
+
+def plain_loop(spec, raw_dir: str, out_dir: pathlib.Path) -> None:
+    """The tutorials' way: one Example per image, built with TF's protos, one file per split."""
+    import tensorflow as tf
+
+    writers = {split: tf.io.TFRecordWriter(str(out_dir / f"{spec.name}-{split}.tfrecord")) for split in ("train", "test")}
+    for block in ArchiveSource(spec, raw_dir).read_blocks():
+        writer = writers[block.split]
+        for image, label in zip(block.images, block.labels):
+            example = tf.train.Example(features=tf.train.Features(feature={
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+            }))
+            writer.write(example.SerializeToString())
+    for writer in writers.values():
+        writer.close()
+
+
+def _best_time(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as scratch:
+            started = time.perf_counter()
+            function(pathlib.Path(scratch))
+            times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def run(args) -> dict:
+    import tensorflow as tf  # noqa: F401  imported before timing, so neither side pays for it
+
+    config = load_section(PrepareConfig, "prepare", args.params)
+    spec = get_dataset(args.dataset)
+    raw_dir = args.raw_dir or str(pathlib.Path(config.raw_root) / args.dataset)
+    quiet = dict(log=lambda *_: None)
+    baseline_s = _best_time(lambda out: plain_loop(spec, raw_dir, out), args.repeats)
+    source = dataclasses.replace(config, source="archive")
+    ours_s = _best_time(lambda out: prepare_dataset(args.dataset, source, raw_dir, str(out / "o"), **quiet), args.repeats)
+    in_memory = dataclasses.replace(source, direct_running_mode="in_memory", direct_num_workers=1)
+    in_memory_s = _best_time(lambda out: prepare_dataset(args.dataset, in_memory, raw_dir, str(out / "o"), **quiet),
+                             args.repeats)
+    return {
+        "benchmark": "prepare", "dataset": args.dataset,
+        "plain_loop_s": round(baseline_s, 2),
+        "ours_s": round(ours_s, 2),
+        "ours_mode": f"{config.direct_running_mode} x{config.direct_num_workers}",
+        "ratio": round(ours_s / baseline_s, 2),
+        "ours_in_memory_s": round(in_memory_s, 2),
+        "ratio_in_memory": round(in_memory_s / baseline_s, 2),
+        "target_ratio_max": 1.5,
+    }
