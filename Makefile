@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED ?= ../shared/datasets
 
-.PHONY: setup raw-data repro test test-fast bench clean
+.PHONY: setup raw-data repro zoo test test-fast bench clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,15 @@ raw-data: setup
 
 repro: raw-data
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+
+# The whole zoo at the papers' budgets (GPU machines): train and evaluate each `zoo` experiment.
+zoo: raw-data
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro prepare
+	for experiment in $$($(PY) -c "import yaml; print(' '.join(yaml.safe_load(open('params.yaml'))['zoo']))"); do \
+	  PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pipeline.train --experiment $$experiment && \
+	  PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pipeline.evaluate --experiment $$experiment || exit 1; \
+	done
+	$(PY) -m pipeline.report
 
 test: raw-data
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q
