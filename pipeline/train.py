@@ -59,7 +59,8 @@ def _train(experiment, settings, tracking: bool) -> int:
     if not tracking:
         train_experiment(experiment, settings)
         return 0
-    from components.tracking.runs import MlflowEpochLogger, log_run_inputs, log_run_outputs, training_run
+    from components.tracking.runs import (MlflowEpochLogger, backfill_epochs, log_run_inputs, log_run_outputs,
+                                          training_run)
 
     previous_run = resumable_run_id(experiment, settings)
     with training_run(experiment.dataset, experiment.name, previous_run) as run:
@@ -71,7 +72,8 @@ def _train(experiment, settings, tracking: bool) -> int:
             data_dir = pathlib.Path(settings.data_root) / experiment.dataset
             log_run_inputs(config, data_dir, experiment.dataset, stage=f"train@{experiment.name}")
         result = train_experiment(experiment, settings, callbacks=[MlflowEpochLogger()],
-                                  extra_state={"mlflow_run_id": run.info.run_id})
+                                  extra_state={"mlflow_run_id": run.info.run_id},
+                                  resume_state=lambda state: backfill_epochs(run.info.run_id, state["history"]))
         registered = f"{experiment.dataset}-{experiment.model}" if settings.register_model else None
         metrics_path = result.model_dir / "train_metrics.json"
         metrics = {**json.loads(metrics_path.read_text()), "mlflow_run_id": run.info.run_id,

@@ -62,6 +62,23 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         mlflow.log_metrics(values, step=epoch + 1)
 
 
+def backfill_epochs(run_id: str, history: list[dict]) -> int:
+    """Log the epochs of a resumed checkpoint that the run lacks; returns how many.
+
+    The checkpoint is written before the epoch's metrics reach MLflow, so a run killed
+    in between resumes with that epoch missing from MLflow but present in the
+    checkpoint's history. Epochs MLflow already has are not logged again.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    logged = {m.step for m in client.get_metric_history(run_id, "val_accuracy")}
+    missing = [row for row in history if row["epoch"] not in logged]
+    for row in missing:
+        mlflow.log_metrics({k: float(v) for k, v in row.items() if k in EPOCH_METRICS}, step=int(row["epoch"]))
+    return len(missing)
+
+
 @contextlib.contextmanager
 def training_run(experiment_name: str, run_name: str, resume_run_id: str | None = None,
                  log=print) -> Iterator[Any]:

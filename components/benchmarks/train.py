@@ -1,0 +1,92 @@
+"""``bench train``: training images/s of our stage against plain Keras ``fit`` on NumPy arrays.
+
+Ours: the stage's own pieces: the tf.data pipeline over the prepared TFRecords (with the
+experiment's augmentation), the model with its normalisation layer, the recipe's
+optimizer, compiled as the trainer compiles it. Baseline: the tutorials' way, the same
+zoo model fed normalised float32 arrays from memory with ``model.fit(x, y)``. Both are
+warmed up (tracing excluded), then timed over the same number of steps, alternately,
+several times; the best of each counts.
+"""
+from __future__ import annotations
+
+import pathlib
+import time
+
+import numpy as np
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--dataset", default="cifar10")
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--recipe", default="fast_onecycle")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+
+
+def _timed_fit(model, data, steps: int, **fit_args) -> float:
+    started = time.perf_counter()
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, **fit_args)
+    return time.perf_counter() - started
+
+
+def run(args) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from components.config import load_params
+    from components.inputs import build_dataset
+    from components.models import create_model
+    from components.training.config import Experiment, TrainSettings, resolve_experiment
+    from components.config import from_dict
+    from components.training.schedules import build_optimizer
+    from components.training.trainer import build_training_model, input_config
+
+    params = load_params(args.params)
+    params = {**params, "experiments": {"bench": {"dataset": args.dataset, "model": args.model, "recipe": args.recipe}}}
+    experiment: Experiment = resolve_experiment("bench", params)
+    settings = from_dict(TrainSettings, params.get("train"), where="train")
+    inputs = input_config(experiment, settings)
+    data_dir = pathlib.Path(settings.data_root) / args.dataset
+    batch = experiment.recipe.batch_size
+
+    from components.inputs import check_prepared
+
+    info = check_prepared(data_dir, ("train",), mode="counts")
+    ours_model = build_training_model(experiment, info, inputs)
+    ours_model.compile(optimizer=build_optimizer(experiment.recipe.optimizer, 0.01), jit_compile=False,
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    ours_data = build_dataset(data_dir, "train", inputs.__class__(**{**inputs.__dict__, "repeat": True}), training=True)
+
+    # The baseline's arrays: the same training images, normalised once, in memory.
+    images, labels = [], []
+    for x, y in build_dataset(data_dir, "train", inputs.__class__(**{**inputs.__dict__, "augment": ["none"]}),
+                              training=False).take(max(args.steps, 10) * 2):
+        images.append(x.numpy())
+        labels.append(y.numpy())
+    mean, std = (np.asarray(info["train_statistics"][k], np.float32) for k in ("mean", "std"))
+    x = (np.concatenate(images).astype(np.float32) - mean) / std
+    y = np.concatenate(labels)
+    baseline_model = create_model(args.model, tuple(info["image_shape"]), info["num_classes"])
+    baseline_model.compile(optimizer=build_optimizer(experiment.recipe.optimizer, 0.01),
+                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    baseline_data = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch)  # what fit(x, y) builds
+
+    _timed_fit(ours_model, ours_data, 3)  # warm-up: tracing and first batches
+    baseline_model.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=3, verbose=0)
+    ours_times, baseline_times = [], []
+    for _ in range(args.repeats):
+        ours_times.append(_timed_fit(ours_model, ours_data, args.steps))
+        started = time.perf_counter()
+        baseline_model.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=args.steps, verbose=0, shuffle=True)
+        baseline_times.append(time.perf_counter() - started)
+    del baseline_data
+    images_timed = args.steps * batch
+    ours, baseline = images_timed / min(ours_times), images_timed / min(baseline_times)
+    return {
+        "benchmark": "train", "dataset": args.dataset, "model": args.model, "batch_size": batch,
+        "augment": list(inputs.augment), "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
+        "ours_images_per_s": round(ours, 1), "keras_numpy_fit_images_per_s": round(baseline, 1),
+        "ratio": round(ours / baseline, 3), "target_ratio_min": 1.0, "steps_timed": args.steps,
+        "repeats": args.repeats,
+    }
