@@ -62,6 +62,10 @@ def _train(experiment, settings, tracking: bool) -> int:
     from components.tracking.runs import (MlflowEpochLogger, backfill_epochs, log_run_inputs, log_run_outputs,
                                           training_run)
 
+    from components.inputs import check_prepared
+
+    # Cheap checks first, so a data set that is not prepared makes no MLflow run at all.
+    check_prepared(pathlib.Path(settings.data_root) / experiment.dataset, ("train", "validation"), mode="none")
     previous_run = resumable_run_id(experiment, settings)
     with training_run(experiment.dataset, experiment.name, previous_run) as run:
         if previous_run is None:

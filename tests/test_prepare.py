@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 
 from components.data import DataError, schema
-from components.data.prepare import PrepareConfig, SyntheticConfig, prepare_dataset
+from components.data.prepare import PrepareConfig, prepare_dataset
 from pipeline import prepare as prepare_cli
-from tests.conftest import REPO, require_shared, write_idx_labels, write_mnist_dir
+from tests.conftest import REPO, require_shared, write_idx_labels
 
 FAST = PrepareConfig(direct_running_mode="in_memory", direct_num_workers=1,
                      num_shards={"train": 3, "validation": 1, "test": 2}, block_size=128)

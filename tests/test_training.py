@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -118,7 +119,8 @@ def prepared(tmp_path_factory):
 def write_params(root: pathlib.Path, epochs: int = 2, model: str = "lenet5", **train) -> pathlib.Path:
     params = {
         "train": {"data_root": str(root / "data"), "models_dir": str(root / "models"),
-                  "checkpoints_dir": str(root / "checkpoints"), "input": {"shuffle_buffer": 1000}, **train},
+                  "checkpoints_dir": str(root / "checkpoints"), "input": {"shuffle_buffer": 1000},
+                  **train},
         "recipes": {"quick": {"optimizer": {"name": "sgd", "learning_rate": 0.05, "momentum": 0.9},
                               "schedule": {"name": "cosine"}, "epochs": epochs, "batch_size": 32}},
         "experiments": {"tiny": {"dataset": "cifar10", "model": model, "recipe": "quick",
@@ -253,3 +255,21 @@ def test_two_worker_processes_train_together(prepared, tmp_path):
     metrics = json.loads((tmp_path / "models" / "tiny" / "train_metrics.json").read_text())
     assert metrics["replicas"] == 2
     assert not [p for p in (tmp_path / "checkpoints").iterdir()]  # the worker's private checkpoints are gone
+
+
+def test_a_run_that_fails_ends_failed_with_the_error(prepared, tmp_path):
+    import mlflow
+
+    data = tmp_path / "data" / "cifar10"
+    shutil.copytree(prepared / "data" / "cifar10", data)
+    shard = sorted(data.glob("cifar10-train.tfrecord-*"))[0]
+    payload = bytearray(shard.read_bytes())
+    payload[5000] ^= 0xFF  # one flipped byte: only the full shard check, inside the run, finds it
+    shard.write_bytes(bytes(payload))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = write_params(tmp_path, input={"shuffle_buffer": 100, "verify_shards": "full"})
+    result = run_train(params, env={"MLFLOW_TRACKING_URI": uri})
+    assert result.returncode == 1 and f"{shard.name}: corrupt TFRecord" in result.stderr, result.stderr[-2000:]
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
+    assert run.info.status == "FAILED" and "corrupt TFRecord" in run.data.tags["error"]

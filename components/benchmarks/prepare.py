@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import shutil
 import tempfile
 import time
 
-import numpy as np
 
 from components.config import load_section
 from components.data.datasets import get_dataset

@@ -22,11 +22,10 @@ from typing import Literal, Sequence
 from components.data import schema
 from components.data.datasets import DatasetSpec, get_dataset
 from components.data.errors import DataError
+from components.data.info import INFO_FILE, OUTPUT_SPLITS, load_dataset_info  # noqa: F401  (re-exported)
 from components.data.sources import ArchiveSource, Source, SyntheticSource, TfdsSource
 from components.data.transforms import REPORTS_DIR, build_conversion, channel_moments, read_reports
 
-INFO_FILE = "dataset_info.json"
-OUTPUT_SPLITS = ("train", "validation", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,15 +246,3 @@ def _data_error_message(error: BaseException) -> str | None:
     """Our DataError's message when a runner wrapped it in its own exception, else None."""
     match = re.search(r"DataError: (.+?)(?:\s\[while running|\n\n|$)", str(error), re.S)
     return match.group(1).strip() if match else None
-
-
-def load_dataset_info(directory: str | pathlib.Path) -> dict:
-    """Read ``dataset_info.json`` of a prepared directory, with a clear error if it is absent."""
-    path = pathlib.Path(directory) / INFO_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found; run `python -m pipeline.prepare --dataset "
-                        f"{pathlib.Path(directory).name}` first (or `dvc repro`)") from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON ({error})") from None

@@ -142,7 +142,6 @@ def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int
     # ceil(conf * bins) - 1 puts conf in ((b-1)/bins, b/bins] into bin b-1 (0-based);
     # clip guards conf == 0 (impossible for softmax) and float overshoot above 1.
     index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
-    count = np.bincount(index, minlength=bins).astype(np.float64)
     confidence_sum = np.bincount(index, weights=confidence, minlength=bins)
     correct_sum = np.bincount(index, weights=correct, minlength=bins)
     # |sum(correct) - sum(conf)| / N per bin == (n_b / N) * |acc_b - conf_b|.

@@ -19,11 +19,8 @@ import numpy as np
 
 from components.data import schema
 from components.data.errors import DataError
+from components.data.info import INFO_FILE, OUTPUT_SPLITS, load_dataset_info
 
-# As in components.data.prepare, which is not imported here: it imports Apache Beam
-# (about a second, and a warning on stderr) into every training and evaluation process.
-INFO_FILE = "dataset_info.json"
-OUTPUT_SPLITS = ("train", "validation", "test")
 
 VerifyMode = Literal["full", "counts", "none"]
 
@@ -77,21 +74,6 @@ def check_prepared(data_dir: str | os.PathLike, splits: Sequence[str] = OUTPUT_S
             else:
                 _check_shard_counts(path, expected, info)
         _VERIFIED[key] = mode
-    return info
-
-
-def load_dataset_info(directory: str | os.PathLike) -> dict:
-    """Read ``dataset_info.json`` of a prepared directory (as ``components.data.prepare.load_dataset_info``)."""
-    path = pathlib.Path(directory) / INFO_FILE
-    try:
-        info = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found; run `python -m pipeline.prepare --dataset "
-                        f"{pathlib.Path(directory).name}` first (or `dvc repro`)") from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(info, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(info).__name__}")
     return info
 
 

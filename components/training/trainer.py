@@ -28,17 +28,15 @@ from typing import Callable, Sequence
 import keras
 import tensorflow as tf
 
-from components.config import to_dict
+from components.config import from_dict, to_dict
 from components.data.errors import DataError
-from components.inputs import (InputConfig, build_dataset, check_prepared, distributed_dataset, normalization_layer,
-                               steps_per_epoch)
+from components.inputs import InputConfig, build_dataset, check_prepared, normalization_layer, steps_per_epoch
 from components.inputs.dataset import one_hot_labels
 from components.models import create_model, model_info
 from components.training.callbacks import Checkpointer, EpochTimer, ProgressLine, write_atomically, write_history_csv
 from components.training.config import Experiment, TrainSettings
 from components.training.distribute import is_chief, make_strategy
 from components.training.schedules import build_optimizer, build_schedule, plateau_callback
-from components.config import from_dict
 
 
 class TrainingError(RuntimeError):
