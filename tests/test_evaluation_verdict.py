@@ -113,7 +113,11 @@ def test_the_committed_thresholds_file_is_valid():
     from components.data.datasets import list_datasets
     from components.models import list_models
 
-    thresholds = load_thresholds(REPO / "thresholds.yaml", {}, list_datasets(), list_models())
+    from components.config import load_params
+    from components.evaluation import experiment_specs
+
+    specs = experiment_specs(load_params(REPO / "params.yaml"), "params.yaml")
+    thresholds = load_thresholds(REPO / "thresholds.yaml", specs, list_datasets(), list_models())
     assert thresholds.min_accuracy["fashion_mnist"]["lenet5"] == 0.88
     assert 0 < thresholds.defaults.max_drop <= 0.05
 
