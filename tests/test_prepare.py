@@ -204,3 +204,24 @@ def test_auto_without_archives_offline_says_what_to_place_where(tmp_path, fast_p
     assert result.returncode == 1
     assert "Place the publisher's files (https://storage.googleapis.com/cvdf-datasets/mnist/) here and rerun" in result.stderr
     assert str(tmp_path / "empty" / "train-images-idx3-ubyte.gz") in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset, shape, mean", [
+    ("fashion_mnist", [28, 28, 1], [72.9]),  # Fashion-MNIST's published pixel mean, 0.2860 x 255
+    ("cifar10", [32, 32, 3], [125.3, 123.0, 113.9]),  # CIFAR-10's well-known channel means
+])
+def test_full_real_data_sets(tmp_path, dataset, shape, mean):
+    """The whole real data set from ../shared/datasets (placed in data/raw by `make raw-data`)."""
+    raw = REPO / "data" / "raw" / dataset
+    if not raw.is_dir():
+        pytest.fail(f"{raw}: missing; `make raw-data` places it from ../shared/datasets")
+    info = prepare_dataset(dataset, dataclasses.replace(FAST, block_size=5000), str(raw), str(tmp_path / dataset),
+                           log=lambda *_: None)
+    splits = info["splits"]
+    assert splits["train"]["examples"] + splits["validation"]["examples"] == (60000 if dataset == "fashion_mnist" else 50000)
+    assert splits["test"]["class_counts"] == [1000] * 10  # both test sets are balanced
+    assert 0.09 < splits["validation"]["examples"] / (splits["train"]["examples"] + splits["validation"]["examples"]) < 0.11
+    assert info["image_shape"] == shape
+    np.testing.assert_allclose(info["train_statistics"]["mean"], mean, atol=1.0)
+    assert all(f["verified"] == "content-validated" for f in info["source"]["files"])  # recompressed / rebuilt copies
