@@ -131,16 +131,6 @@ def pipeline_options(config: PrepareConfig, beam_args: Sequence[str]):
                                               if not any(a.startswith(f"--{k}") for a in beam_args)})
 
 
-def _several_workers(options) -> bool:
-    """Whether the run has more than one worker to spread blocks over."""
-    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
-
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    direct = options.view_as(DirectOptions)
-    return not (runner == "DirectRunner" and (direct.direct_running_mode == "in_memory"
-                                               or direct.direct_num_workers == 1))
-
-
 def prepare_dataset(name: str, config: PrepareConfig, raw_dir: str | None = None, out_dir: str | None = None,
                     beam_args: Sequence[str] = (), log=print) -> dict:
     """Convert data set ``name`` to sharded TFRecords plus ``dataset_info.json``; return the info."""
@@ -161,7 +151,7 @@ def prepare_dataset(name: str, config: PrepareConfig, raw_dir: str | None = None
         options = pipeline_options(config, beam_args)
         with beam.Pipeline(options=options) as pipeline:
             build_conversion(pipeline, source, spec, str(temp_dir), config.validation_fraction,
-                             config.num_shards, config.seed, spread=_several_workers(options))
+                             config.num_shards, config.seed)
         info = dataset_info(spec, read_reports(str(temp_dir)), source_info, config)
         shutil.rmtree(temp_dir / REPORTS_DIR)
         (temp_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
