@@ -93,3 +93,14 @@ def require_shared(*parts: str) -> pathlib.Path:
     if not path.exists():
         pytest.fail(f"{path}: the real data in ../shared/datasets is missing (see README, 'Data')")
     return path
+
+
+def prepare_synthetic(out_dir: pathlib.Path, train: int, test: int, shards: dict[str, int],
+                      dataset: str = "cifar10") -> pathlib.Path:
+    """A small synthetic data set written by the real prepare stage (in-process, ~1-2 s)."""
+    from components.data.prepare import PrepareConfig, SyntheticConfig, prepare_dataset
+
+    config = PrepareConfig(source="synthetic", direct_running_mode="in_memory", direct_num_workers=1,
+                           num_shards=shards, synthetic=SyntheticConfig(train_examples=train, test_examples=test))
+    prepare_dataset(dataset, config, raw_dir=str(out_dir.parent / "raw"), out_dir=str(out_dir), log=lambda *_: None)
+    return out_dir

@@ -28,14 +28,10 @@ MODEL_NAME = "cifar10-lenet5"
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """Synthetic CIFAR-10 in the prepare stage's format: 180 train, 20 validation, 100 test images."""
-    from components.data.prepare import PrepareConfig, SyntheticConfig, prepare_dataset
+    from tests.conftest import prepare_synthetic
 
-    tmp = tmp_path_factory.mktemp("prepared")
-    config = PrepareConfig(source="synthetic", direct_running_mode="in_memory", direct_num_workers=1,
-                           num_shards={"train": 2, "validation": 1, "test": 1},
-                           synthetic=SyntheticConfig(train_examples=200, test_examples=100))
-    prepare_dataset("cifar10", config, raw_dir=str(tmp / "raw"), out_dir=str(tmp / "out"), log=lambda *_: None)
-    return tmp / "out"
+    return prepare_synthetic(tmp_path_factory.mktemp("prepared") / "out", 200, 100,
+                             {"train": 2, "validation": 1, "test": 1})
 
 
 @pytest.fixture(scope="module")

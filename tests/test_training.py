@@ -105,14 +105,10 @@ def test_unknown_experiment_model_and_recipe():
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """A small synthetic CIFAR-shaped data set, prepared by the real prepare stage."""
-    from components.data.prepare import PrepareConfig, SyntheticConfig, prepare_dataset
+    from tests.conftest import prepare_synthetic
 
     root = tmp_path_factory.mktemp("train")
-    config = PrepareConfig(source="synthetic", direct_running_mode="in_memory", direct_num_workers=1,
-                           num_shards={"train": 2, "validation": 2, "test": 1},
-                           synthetic=SyntheticConfig(train_examples=640, test_examples=128))
-    prepare_dataset("cifar10", config, raw_dir=str(root / "raw"), out_dir=str(root / "data" / "cifar10"),
-                    log=lambda *_: None)
+    prepare_synthetic(root / "data" / "cifar10", 640, 128, {"train": 2, "validation": 2, "test": 1})
     return root
 
 
