@@ -53,7 +53,7 @@ def _best_time(function, repeats: int) -> float:
 
 
 def run(args) -> dict:
-    import tensorflow as tf  # noqa: F401  imported before timing, so neither side pays for it
+    import tensorflow  # noqa: F401  imported before timing, so neither side pays for it
 
     config = load_section(PrepareConfig, "prepare", args.params)
     spec = get_dataset(args.dataset)

@@ -9,6 +9,7 @@ several times; the best of each counts.
 """
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import time
 
@@ -34,11 +35,10 @@ def run(args) -> dict:
     import keras
     import tensorflow as tf
 
-    from components.config import load_params
-    from components.inputs import build_dataset
+    from components.config import from_dict, load_params
+    from components.inputs import build_dataset, check_prepared
     from components.models import create_model
     from components.training.config import Experiment, TrainSettings, resolve_experiment
-    from components.config import from_dict
     from components.training.schedules import build_optimizer
     from components.training.trainer import build_training_model, input_config
 
@@ -50,17 +50,15 @@ def run(args) -> dict:
     data_dir = pathlib.Path(settings.data_root) / args.dataset
     batch = experiment.recipe.batch_size
 
-    from components.inputs import check_prepared
-
     info = check_prepared(data_dir, ("train",), mode="counts")
     ours_model = build_training_model(experiment, info, inputs)
     ours_model.compile(optimizer=build_optimizer(experiment.recipe.optimizer, 0.01), jit_compile=False,
                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    ours_data = build_dataset(data_dir, "train", inputs.__class__(**{**inputs.__dict__, "repeat": True}), training=True)
+    ours_data = build_dataset(data_dir, "train", dataclasses.replace(inputs, repeat=True), training=True)
 
     # The baseline's arrays: the same training images, normalised once, in memory.
     images, labels = [], []
-    for x, y in build_dataset(data_dir, "train", inputs.__class__(**{**inputs.__dict__, "augment": ["none"]}),
+    for x, y in build_dataset(data_dir, "train", dataclasses.replace(inputs, augment=["none"]),
                               training=False).take(max(args.steps, 10) * 2):
         images.append(x.numpy())
         labels.append(y.numpy())
@@ -70,7 +68,6 @@ def run(args) -> dict:
     baseline_model = create_model(args.model, tuple(info["image_shape"]), info["num_classes"])
     baseline_model.compile(optimizer=build_optimizer(experiment.recipe.optimizer, 0.01),
                            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    baseline_data = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch)  # what fit(x, y) builds
 
     _timed_fit(ours_model, ours_data, 3)  # warm-up: tracing and first batches
     baseline_model.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=3, verbose=0)
@@ -80,7 +77,6 @@ def run(args) -> dict:
         started = time.perf_counter()
         baseline_model.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=args.steps, verbose=0, shuffle=True)
         baseline_times.append(time.perf_counter() - started)
-    del baseline_data
     images_timed = args.steps * batch
     ours, baseline = images_timed / min(ours_times), images_timed / min(baseline_times)
     return {

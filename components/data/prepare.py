@@ -22,7 +22,7 @@ from typing import Literal, Sequence
 from components.data import schema
 from components.data.datasets import DatasetSpec, get_dataset
 from components.data.errors import DataError
-from components.data.info import INFO_FILE, OUTPUT_SPLITS, load_dataset_info  # noqa: F401  (re-exported)
+from components.data.info import INFO_FILE, OUTPUT_SPLITS
 from components.data.sources import ArchiveSource, Source, SyntheticSource, TfdsSource
 from components.data.transforms import REPORTS_DIR, build_conversion, channel_moments, read_reports
 

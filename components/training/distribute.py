@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 
+from components.config import ConfigError
+
 
 def tf_config() -> dict:
     """The parsed ``TF_CONFIG`` (empty when unset)."""
@@ -11,7 +13,7 @@ def tf_config() -> dict:
     try:
         return json.loads(raw) if raw else {}
     except json.JSONDecodeError as error:
-        raise ValueError(f"TF_CONFIG is not valid JSON ({error}): {raw[:200]!r}") from None
+        raise ConfigError(f"TF_CONFIG is not valid JSON ({error}): {raw[:200]!r}") from None
 
 
 def is_chief() -> bool:
