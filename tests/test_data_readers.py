@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from components.data import DataError, get_dataset, list_datasets, readers
-from components.data.sources import ArchiveSource, SyntheticSource
+from components.data.sources import ArchiveSource, SyntheticSource, contiguous_parts
 from tests.conftest import write_idx_images, write_idx_labels, write_tar_gz
 
 
@@ -41,6 +41,47 @@ def test_cifar_reader_round_trip(cifar10_dir):
     np.testing.assert_array_equal(np.concatenate([b.labels for b in train]), data["train"][1])
     # Offsets continue across the five batch files, so keys are positions in the split.
     assert train[-1].keys()[-1] == "train/000199"
+
+
+def examples_of(blocks):
+    """key -> (split, image bytes, label) over all blocks; fails on a key read twice."""
+    examples = {}
+    for block in blocks:
+        for key, image, label in zip(block.keys(), block.images, block.labels.tolist()):
+            assert key not in examples, f"{key} read twice"
+            examples[key] = (block.split, image.tobytes(), label)
+    return examples
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_parts_read_the_whole_source_once(dataset, mnist_dir, cifar10_dir):
+    directory = (mnist_dir if dataset == "mnist" else cifar10_dir)[0]
+    source = ArchiveSource(get_dataset(dataset), str(directory), block_size=32)
+    whole = examples_of(source.read_blocks())
+    for count in (1, 2, 3, 10):
+        parts = source.parts(count)
+        assert len(parts) == min(count, len(source.all_units()))
+        assert examples_of(block for part in parts for block in part.read_blocks()) == whole
+
+
+def test_contiguous_parts_weigh_skipping_against_converting():
+    members = ("b1", "b2", "b3", "b4", "b5", "test")
+    # A second part has to inflate the members before its own: give it fewer of them.
+    assert contiguous_parts(members, 2, skip_cost=0.5) == [("b1", "b2", "b3", "b4"), ("b5", "test")]
+    assert contiguous_parts(members, 2, skip_cost=0.0) == [("b1", "b2", "b3"), ("b4", "b5", "test")]
+    assert contiguous_parts(members, 1, skip_cost=0.5) == [members]
+    assert contiguous_parts(members, 9, skip_cost=0.5) == [(m,) for m in members]
+
+
+def test_a_part_stops_reading_after_its_members(cifar10_dir):
+    directory, _ = cifar10_dir
+    archive = directory / "cifar-10-binary.tar.gz"
+    payload = archive.read_bytes()  # random pixels: members take about a sixth of the bytes each
+    archive.write_bytes(payload[: len(payload) * 9 // 10])  # cut inside test_batch.bin
+    first, last = ArchiveSource(get_dataset("cifar10"), str(directory)).parts(2)
+    assert len(examples_of(first.read_blocks())) == 4 * 40  # data_batch_1-4, read before the cut
+    with pytest.raises(DataError, match=r"cifar-10-binary.tar.gz: truncated or corrupt tar.gz"):
+        list(last.read_blocks())
 
 
 def test_cifar100_uses_fine_label():

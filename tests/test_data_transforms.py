@@ -1,13 +1,14 @@
 """The Beam transforms, each on a TestPipeline with assert_that."""
 import apache_beam as beam
 import numpy as np
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from components.data import get_dataset
 from components.data.sources import Block
-from components.data.transforms import (CarveValidation, CarveValidationFn, PixelHistogramFn, ValidateExamples, channel_moments,
-                                        stable_hash, unit_interval)
+from components.data.transforms import (PIECES_DIR, AssembleShardFn, CarveValidation, CarveValidationFn, PixelHistogramFn,
+                                        ValidateExamples, byte_histogram, channel_moments, stable_hash, unit_interval)
 
 
 def block(split="train", count=100, labels=None, shape=(28, 28, 1), start=0):
@@ -71,3 +72,38 @@ def test_pixel_histogram_gives_exact_moments():
     mean, std = channel_moments(histogram)
     np.testing.assert_allclose(mean, pixels.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(std, pixels.std(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (7,), (5, 3, 3), (64, 28, 28)])
+def test_byte_histogram_counts_every_byte(shape):
+    values = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    np.testing.assert_array_equal(byte_histogram(values), np.bincount(values.ravel(), minlength=256))
+    strided = np.random.default_rng(1).integers(0, 256, (9, 4, 4, 3), dtype=np.uint8)[..., 1]  # one channel plane
+    np.testing.assert_array_equal(byte_histogram(strided), np.bincount(strided.ravel(), minlength=256))
+
+
+def piece(directory, name, first_key, last_key, payload, labels):
+    (directory / PIECES_DIR).mkdir(exist_ok=True)
+    (directory / PIECES_DIR / name).write_bytes(payload)
+    return {"file": name, "first_key": first_key, "last_key": last_key, "count": len(labels),
+            "class_counts": np.bincount(labels, minlength=3).tolist()}
+
+
+def test_assemble_joins_pieces_in_key_order(tmp_path):
+    early = piece(tmp_path, "a", "train/000000", "train/000009", b"early", [0, 1])
+    late = piece(tmp_path, "b", "train/000010", "train/000019", b"late", [2])
+    assemble = AssembleShardFn(str(tmp_path), "demo", {"train": 4}, num_classes=3)
+    (report,) = assemble.process((("train", 2), [late, None, early]))  # None: the every-shard placeholder
+    assert (tmp_path / "demo-train.tfrecord-00002-of-00004").read_bytes() == b"earlylate"
+    assert report == {"kind": "shard", "split": "train", "shard": 2, "file": "demo-train.tfrecord-00002-of-00004",
+                      "count": 3, "class_counts": [1, 1, 1]}
+    (empty,) = assemble.process((("train", 3), [None]))
+    assert empty["count"] == 0 and empty["class_counts"] == [0, 0, 0]
+    assert (tmp_path / "demo-train.tfrecord-00003-of-00004").read_bytes() == b""
+
+
+def test_assemble_refuses_pieces_whose_keys_overlap(tmp_path):
+    one = piece(tmp_path, "a", "train/000000", "train/000010", b"x", [0])
+    other = piece(tmp_path, "b", "train/000005", "train/000019", b"y", [1])
+    with pytest.raises(ValueError, match="demo-train.tfrecord-00000-of-00001: pieces a and b overlap"):
+        list(AssembleShardFn(str(tmp_path), "demo", {"train": 1}, 3).process((("train", 0), [one, other])))

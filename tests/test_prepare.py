@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from components.data import DataError, schema
-from components.data.prepare import PrepareConfig, prepare_dataset
+from components.data.prepare import PrepareConfig, make_runner, pipeline_options, prepare_dataset
 from pipeline import prepare as prepare_cli
 from tests.conftest import REPO, require_shared, write_idx_labels
 
@@ -71,7 +71,21 @@ def test_reruns_and_worker_modes_give_identical_bytes(tmp_path, cifar10_dir):
     prepare_dataset("cifar10", FAST, str(raw_dir), str(second), log=lambda *_: None)
     multi = dataclasses.replace(FAST, direct_running_mode="multi_processing", direct_num_workers=2, block_size=64)
     prepare_dataset("cifar10", multi, str(raw_dir), str(parallel), log=lambda *_: None)
-    assert shard_bytes(first) == shard_bytes(second) == shard_bytes(parallel)
+    three_parts = tmp_path / "d"  # more parts than workers, read one after the other
+    prepare_dataset("cifar10", dataclasses.replace(FAST, read_parts=3), str(raw_dir), str(three_parts),
+                    log=lambda *_: None)
+    assert shard_bytes(first) == shard_bytes(second) == shard_bytes(parallel) == shard_bytes(three_parts)
+
+
+def test_the_direct_runner_is_beams_fnapi_runner_never_prism(tmp_path, mnist_dir, caplog):
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+    assert isinstance(make_runner(pipeline_options(FAST, [])), FnApiRunner)
+    assert make_runner(pipeline_options(FAST, ["--runner=DaskRunner"])) is None  # other runners are Beam's to build
+    caplog.set_level("INFO")
+    prepare_dataset("mnist", FAST, str(mnist_dir[0]), str(tmp_path / "out"), log=lambda *_: None)
+    # Beam's own DirectRunner would first try to download and run Prism.
+    assert not [r for r in caplog.records if "Prism" in r.getMessage()]
 
 
 def test_dask_runner_writes_the_same_shards(tmp_path, mnist_dir):
@@ -196,6 +210,8 @@ def test_bad_params_are_rejected(tmp_path):
     assert "unknown key(s) ['validation_fration']" in result.stderr and "validation_fraction" in result.stderr
     params.write_text("prepare:\n  validation_fraction: 1.5\n")
     assert "validation_fraction must be in [0, 1), got 1.5" in run_cli("--dataset", "mnist", params=params).stderr
+    params.write_text("prepare:\n  read_parts: -1\n")
+    assert "read_parts must be >= 0" in run_cli("--dataset", "mnist", params=params).stderr
 
 
 def test_auto_without_archives_offline_says_what_to_place_where(tmp_path, fast_params):
@@ -216,8 +232,9 @@ def test_full_real_data_sets(tmp_path, dataset, shape, mean):
     raw = REPO / "data" / "raw" / dataset
     if not raw.is_dir():
         pytest.fail(f"{raw}: missing; `make raw-data` places it from ../shared/datasets")
-    info = prepare_dataset(dataset, dataclasses.replace(FAST, block_size=5000), str(raw), str(tmp_path / dataset),
-                           log=lambda *_: None)
+    as_in_params = dataclasses.replace(FAST, block_size=5000, direct_running_mode="multi_processing",
+                                       direct_num_workers=2)  # read in two parts, as params.yaml has it
+    info = prepare_dataset(dataset, as_in_params, str(raw), str(tmp_path / dataset), log=lambda *_: None)
     splits = info["splits"]
     assert splits["train"]["examples"] + splits["validation"]["examples"] == (60000 if dataset == "fashion_mnist" else 50000)
     assert splits["test"]["class_counts"] == [1000] * 10  # both test sets are balanced

@@ -7,6 +7,7 @@ directory that looks complete (and never touches the previous good output).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime
 import json
@@ -24,7 +25,7 @@ from components.data.datasets import DatasetSpec, get_dataset
 from components.data.errors import DataError
 from components.data.info import INFO_FILE, OUTPUT_SPLITS
 from components.data.sources import ArchiveSource, Source, SyntheticSource, TfdsSource
-from components.data.transforms import REPORTS_DIR, build_conversion, channel_moments, read_reports
+from components.data.transforms import PIECES_DIR, REPORTS_DIR, build_conversion, channel_moments, read_reports
 
 
 
@@ -57,6 +58,7 @@ class PrepareConfig:
         default_factory=lambda: {"train": 8, "validation": 2, "test": 2})
     max_rejected: int = 0  # examples that may fail validation before the stage fails
     block_size: int = 5000  # examples per Beam element
+    read_parts: int = 0  # parts the source is read in, in parallel; 0: one per DirectRunner worker
     runner: str = "DirectRunner"
     direct_num_workers: int = 2
     direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "multi_processing"
@@ -69,9 +71,20 @@ class PrepareConfig:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if set(self.num_shards) != set(OUTPUT_SPLITS) or min(self.num_shards.values()) < 1:
             raise ValueError(f"num_shards needs a count >= 1 for each of {list(OUTPUT_SPLITS)}, got {self.num_shards}")
-        if self.max_rejected < 0 or self.block_size < 1 or self.direct_num_workers < 1:
-            raise ValueError("max_rejected must be >= 0, block_size and direct_num_workers >= 1; got "
-                             f"{self.max_rejected}, {self.block_size}, {self.direct_num_workers}")
+        if self.max_rejected < 0 or self.read_parts < 0 or self.block_size < 1 or self.direct_num_workers < 1:
+            raise ValueError("max_rejected and read_parts must be >= 0, block_size and direct_num_workers >= 1; "
+                             f"got {self.max_rejected}, {self.read_parts}, {self.block_size}, "
+                             f"{self.direct_num_workers}")
+
+    def parts_to_read(self) -> int:
+        """``read_parts``, or by default one part per worker process or thread of the DirectRunner.
+
+        Every extra part of a tar.gz re-inflates the members before its own, so parts
+        only pay where they run side by side.
+        """
+        if self.read_parts:
+            return self.read_parts
+        return 1 if self.direct_running_mode == "in_memory" else self.direct_num_workers
 
 
 def resolve_source(spec: DatasetSpec, config: PrepareConfig, raw_dir: str) -> Source:
@@ -115,6 +128,7 @@ def _unreachable(url: str, timeout_s: float = 3.0) -> str | None:
 
 
 _RUNNER_ALIASES = {"--runner=DaskRunner": "--runner=apache_beam.runners.dask.dask_runner.DaskRunner"}
+_DIRECT_RUNNER_PATH = "apache_beam.runners.direct.direct_runner.DirectRunner"
 
 
 def pipeline_options(config: PrepareConfig, beam_args: Sequence[str]):
@@ -131,6 +145,28 @@ def pipeline_options(config: PrepareConfig, beam_args: Sequence[str]):
                                               if not any(a.startswith(f"--{k}") for a in beam_args)})
 
 
+def make_runner(options):
+    """The runner the options name; for the DirectRunner, Beam's FnApiRunner, never Prism.
+
+    Beam's DirectRunner first tries the Prism runner, which it downloads from GitHub on
+    first use: offline that is a failed download on every run, and online a different
+    runner that ignores ``direct_num_workers`` and ``direct_running_mode``. So the
+    DirectRunner is built here the way Beam's own builds its FnApiRunner fallback, with
+    the options passed on to the workers. Other runners are Beam's to build (None).
+    """
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    if options.view_as(StandardOptions).runner not in ("DirectRunner", _DIRECT_RUNNER_PATH):
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
 def prepare_dataset(name: str, config: PrepareConfig, raw_dir: str | None = None, out_dir: str | None = None,
                     beam_args: Sequence[str] = (), log=print) -> dict:
     """Convert data set ``name`` to sharded TFRecords plus ``dataset_info.json``; return the info."""
@@ -141,19 +177,26 @@ def prepare_dataset(name: str, config: PrepareConfig, raw_dir: str | None = None
     out_path = pathlib.Path(out_dir or pathlib.Path(config.out_root) / name)
     source = resolve_source(spec, config, raw_dir)
     log(f"[prepare] {name}: source {source.kind} ({getattr(source, 'raw_dir', '') or source.describe()})")
-    source_info = source.describe()
-    for raw in source_info.get("files", []):
-        log(f"[prepare]   {raw['name']}: {raw['verified']}")
+    if isinstance(source, ArchiveSource):
+        source.check_present()  # before starting Beam, so a missing file is named at once
 
     temp_dir = _make_temp_dir(out_path)
     started = time.perf_counter()
     try:
-        options = pipeline_options(config, beam_args)
-        with beam.Pipeline(options=options) as pipeline:
-            build_conversion(pipeline, source, spec, str(temp_dir), config.validation_fraction,
-                             config.num_shards, config.seed)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as background:
+            # The raw files' checksums (0.1 s for CIFAR-10) need nothing from the
+            # conversion, so they are computed while Beam starts its workers.
+            described = background.submit(source.describe)
+            options = pipeline_options(config, beam_args)
+            with beam.Pipeline(runner=make_runner(options), options=options) as pipeline:
+                build_conversion(pipeline, source, spec, str(temp_dir), config.validation_fraction,
+                                 config.num_shards, config.seed, config.parts_to_read())
+            source_info = described.result()
+        for raw in source_info.get("files", []):
+            log(f"[prepare]   {raw['name']}: {raw['verified']}")
         info = dataset_info(spec, read_reports(str(temp_dir)), source_info, config)
         shutil.rmtree(temp_dir / REPORTS_DIR)
+        shutil.rmtree(temp_dir / PIECES_DIR, ignore_errors=True)  # absent when no example was written
         (temp_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         _publish(temp_dir, out_path)
     except BaseException as error:
@@ -177,7 +220,9 @@ def dataset_info(spec: DatasetSpec, reports: list[dict], source_info: dict, conf
                             f"(first: {r['example_key']})" for r in rejected)
         raise DataError(f"{spec.name}: {total_rejected} example(s) failed validation "
                         f"(max_rejected is {config.max_rejected}):\n{reasons}")
-    histogram = next(r["histogram"] for r in reports if r["kind"] == "train_pixel_histogram")
+    histogram = next((r["histogram"] for r in reports if r["kind"] == "train_pixel_histogram"), None)
+    if histogram is None or not all(map(sum, histogram)):
+        raise DataError(f"{spec.name}: no training examples to compute statistics from ({source_info['kind']} source)")
     mean, std = channel_moments(histogram)
     splits = {}
     for split in OUTPUT_SPLITS:

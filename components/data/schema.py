@@ -106,21 +106,30 @@ def framed_block(images: np.ndarray, labels: np.ndarray, keys: Sequence[str]) ->
     label_at = template.index(label_entry) + len(label_entry) - 1
     assert template[key_at:key_at + key_length] == key_bytes[0].tobytes()
     assert template[label_at] == labels[0]
-    data = np.empty((count, len(template)), np.uint8)
-    data[:] = np.frombuffer(template, np.uint8)
+    # Fill the framed matrix in place, column ranges at a time: one pass over the pixels.
+    length = struct.pack("<Q", len(template))
+    framed = np.empty((count, 12 + len(template) + 4), np.uint8)
+    framed[:, :12] = np.frombuffer(length + struct.pack("<I", masked_crc32c(length)), np.uint8)
+    data = framed[:, 12:-4]
+    constant = np.frombuffer(template, np.uint8)
+    data[:, :pixels_at] = constant[:pixels_at]
+    data[:, pixels_at + pixel_count:] = constant[pixels_at + pixel_count:]
     data[:, pixels_at:pixels_at + pixel_count] = images.reshape(count, -1)
     data[:, key_at:key_at + key_length] = key_bytes
     data[:, label_at] = labels
-    length = struct.pack("<Q", len(template))
-    header = np.frombuffer(length + struct.pack("<I", masked_crc32c(length)), np.uint8)
-    crcs = np.array([masked_crc32c(row) for row in data], "<u4").view(np.uint8).reshape(count, 4)
-    return np.concatenate([np.broadcast_to(header, (count, 12)), data, crcs], axis=1)
+    crcs = np.fromiter((google_crc32c.value(row) for row in data), np.uint32, count)  # rows are contiguous
+    framed[:, -4:] = _mask_crc(crcs).astype("<u4").view(np.uint8).reshape(count, 4)
+    return framed
+
+
+def _mask_crc(crc):
+    """TFRecord's checksum masking, for a Python int or a NumPy array of uint32."""
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def masked_crc32c(data: bytes) -> int:
     """The TFRecord checksum: crc32c rotated right by 15 bits plus a constant."""
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+    return _mask_crc(google_crc32c.value(data))
 
 
 def frame_record(data: bytes) -> bytes:

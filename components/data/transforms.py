@@ -7,6 +7,13 @@ single examples: Beam's per-element overhead would otherwise dominate (handing
     source ─ ReadSource ─ ValidateExamples ─ CarveValidation ─┬─ EncodeAndWriteShards ─┐
                                                               └─ TrainPixelHistogram ───┴─ WriteReports
 
+No image crosses a process boundary. ``ReadSource`` reads the source in parts, one per
+worker, and every step up to writing runs fused on the worker that read the block: each
+block's records for a shard go to a small *piece* file under ``_pieces/``, and only the
+pieces' descriptions are grouped by shard, for the step that joins each shard's pieces
+into the shard file. (Shipping the encoded records to the shard writers instead cost
+more than the second worker gave back: 10 s against 2.5 s for the plain loop on CIFAR-10.)
+
 Everything the driver needs afterwards (per-shard counts and class counts, rejected
 examples, the train pixel histogram) is written as small report files under
 ``_reports/`` in the output directory, so the driver never depends on a runner's
@@ -18,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
+import shutil
 import zlib
 from typing import Iterable, Iterator
 
@@ -30,6 +38,7 @@ from components.data.datasets import DatasetSpec
 from components.data.sources import Block
 
 REPORTS_DIR = "_reports"
+PIECES_DIR = "_pieces"
 NAMESPACE = "prepare"
 
 
@@ -122,32 +131,49 @@ class CarveValidationFn(beam.DoFn):
         yield block.take(~to_validation)
 
 
-class EncodeForShardsFn(beam.DoFn):
-    """Encode a block to framed TFRecords and group them by destination shard.
+class WritePiecesFn(beam.DoFn):
+    """Encode a block to framed TFRecords and write its records for each shard as a piece file.
 
     The shard is a hash of the key (independent of the validation hash), so every shard
     is a uniform sample of its split: what interleaved reading at training time wants.
-    Emits ``((split, shard), (keys, framed records matrix, labels))``.
+    A piece holds its records sorted by key and is named after its first key, so a
+    retried bundle rewrites the same files. Emits ``((split, shard), piece)`` where the
+    piece is a small dict: file name, first and last key, count and class counts.
     """
 
-    def __init__(self, num_shards: dict[str, int], seed: int):
+    def __init__(self, out_dir: str, num_shards: dict[str, int], num_classes: int, seed: int):
+        self.out_dir = out_dir
         self.num_shards = num_shards
+        self.num_classes = num_classes
         self.salt = f"shard:{seed}"
 
     def process(self, block: Block):
         if not len(block):
             return
-        keys = block.keys()
-        framed = schema.framed_block(block.images, block.labels, keys)
-        keys = np.array(keys, dtype="S")
+        keys = np.array(block.keys(), dtype="S")
+        if (keys[1:] < keys[:-1]).any():  # sources yield blocks in key order; sort any other
+            block = block.take(np.argsort(keys, kind="stable"))
+            keys = np.array(block.keys(), dtype="S")
+        framed = schema.framed_block(block.images, block.labels, block.keys())
         shards = stable_hash(block.indices, self.salt + block.source_split) % np.uint64(self.num_shards[block.split])
         for shard in np.unique(shards).tolist():
             picked = shards == shard
-            yield (block.split, shard), (keys[picked], framed[picked], block.labels[picked])
+            first_key, last_key = keys[picked][0].decode(), keys[picked][-1].decode()
+            name = f"{block.split}-{shard:05d}-{first_key.replace('/', '-')}"
+            with FileSystems.create(FileSystems.join(self.out_dir, PIECES_DIR, name)) as handle:
+                handle.write(framed[picked].ravel().data)
+            yield (block.split, shard), {
+                "file": name, "first_key": first_key, "last_key": last_key, "count": int(picked.sum()),
+                "class_counts": np.bincount(block.labels[picked], minlength=self.num_classes).tolist()}
 
 
-class WriteShardFn(beam.DoFn):
-    """Write one shard: its records sorted by key, so reruns give byte-identical files."""
+class AssembleShardFn(beam.DoFn):
+    """Join a shard's pieces, in key order, into the shard file.
+
+    Every piece covers a key range of one block and blocks never share keys, so joining
+    the pieces by first key gives the shard's records sorted by key: the same bytes
+    whichever worker wrote which piece, and on every rerun.
+    """
 
     def __init__(self, out_dir: str, dataset: str, num_shards: dict[str, int], num_classes: int):
         self.out_dir = out_dir
@@ -156,18 +182,36 @@ class WriteShardFn(beam.DoFn):
         self.num_classes = num_classes
 
     def process(self, element):
-        (split, shard), parts = element
-        parts = [part for part in parts if len(part[0])]  # drop the empty placeholder
+        (split, shard), pieces = element
+        pieces = sorted((piece for piece in pieces if piece), key=lambda piece: piece["first_key"])  # no placeholder
         name = shard_file_name(self.dataset, split, shard, self.num_shards[split])
-        labels = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
-        with FileSystems.create(FileSystems.join(self.out_dir, name)) as handle:
-            if parts:
-                # All records of a split share one layout, so the rows concatenate.
-                keys = np.concatenate([p[0] for p in parts])
-                handle.write(np.concatenate([p[1] for p in parts])[np.argsort(keys, kind="stable")].tobytes())
+        for before, after in zip(pieces, pieces[1:]):
+            if before["last_key"] >= after["first_key"]:
+                raise ValueError(f"{name}: pieces {before['file']} and {after['file']} overlap in key range; "
+                                 "a source must give each example one key")
+        with FileSystems.create(FileSystems.join(self.out_dir, name)) as shard_file:
+            for piece in pieces:
+                with FileSystems.open(FileSystems.join(self.out_dir, PIECES_DIR, piece["file"])) as piece_file:
+                    shutil.copyfileobj(piece_file, shard_file, 8 << 20)
         beam.metrics.Metrics.counter(NAMESPACE, "shards_written").inc()
-        yield {"kind": "shard", "split": split, "shard": shard, "file": name, "count": len(labels),
-               "class_counts": np.bincount(labels, minlength=self.num_classes).tolist()}
+        class_counts = np.sum([piece["class_counts"] for piece in pieces], axis=0, dtype=np.int64) if pieces \
+            else np.zeros(self.num_classes, np.int64)
+        yield {"kind": "shard", "split": split, "shard": shard, "file": name,
+               "count": sum(piece["count"] for piece in pieces), "class_counts": class_counts.tolist()}
+
+
+def byte_histogram(values: np.ndarray) -> np.ndarray:
+    """Counts of each value 0-255 in a uint8 array, exact (int64, 256).
+
+    ``np.bincount`` widens every input to 64 bits first, which dominates its cost; so
+    the bytes are counted in pairs (as uint16, 65,536 bins) and the pair counts folded
+    back to single bytes: about 1.5 times faster on CIFAR-10 blocks.
+    """
+    flat = np.ascontiguousarray(values).reshape(-1)
+    odd_one = flat[-1:] if flat.size % 2 else flat[:0]
+    pairs = np.bincount(flat[:flat.size - odd_one.size].view(np.uint16), minlength=1 << 16).reshape(256, 256)
+    # A uint16 holds one byte in its high half and one in its low half: fold both.
+    return pairs.sum(axis=0) + pairs.sum(axis=1) + np.bincount(odd_one, minlength=256)
 
 
 class PixelHistogramFn(beam.CombineFn):
@@ -189,10 +233,8 @@ class PixelHistogramFn(beam.CombineFn):
     def add_input(self, accumulator, block: Block):
         if block.split != "train":
             return accumulator
-        # One bincount over (channel * 256 + value) instead of one strided pass per channel.
-        offsets = np.arange(self.channels, dtype=np.uint16) * 256
-        codes = block.images.reshape(-1, self.channels).astype(np.uint16) + offsets
-        accumulator += np.bincount(codes.ravel(), minlength=256 * self.channels).reshape(self.channels, 256)
+        for channel in range(self.channels):
+            accumulator[channel] += byte_histogram(block.images[..., channel])
         return accumulator
 
     def merge_accumulators(self, accumulators):
@@ -215,16 +257,14 @@ def channel_moments(histogram: Iterable[Iterable[int]]) -> tuple[list[float], li
 
 
 @beam.ptransform_fn
-def ReadSource(pipeline, source):
-    """Create the source on one worker and read its blocks there.
+def ReadSource(pipeline, source, parts: int):
+    """Cut the source into up to ``parts`` parts and read each on a worker of its own.
 
-    The blocks are not redistributed: validating, carving and encoding a block costs
-    less than shipping it to another process (measured: 10.5 s with a Reshuffle here,
-    8.4 s without, CIFAR-10 on two worker processes). The GroupByShard step spreads the
-    encoded records over the writers.
+    ``beam.Create`` spreads several parts over the workers; the blocks of a part then
+    stay on its worker for every later step up to writing (see the module docstring).
     """
     return (pipeline
-            | "CreateSource" >> beam.Create([source])
+            | "CreateParts" >> beam.Create(source.parts(parts))
             | "ReadBlocks" >> beam.ParDo(ReadBlocksFn()))
 
 
@@ -244,20 +284,23 @@ def CarveValidation(blocks, fraction: float, seed: int):
 
 @beam.ptransform_fn
 def EncodeAndWriteShards(blocks, out_dir: str, spec: DatasetSpec, num_shards: dict[str, int], seed: int):
-    """Encode, group by shard and write every shard; an empty shard is still written."""
-    every_shard = [((split, shard), (np.zeros(0, "S1"), np.zeros((0, 0), np.uint8), np.zeros(0, np.int64)))
-                   for split, count in sorted(num_shards.items()) for shard in range(count)]
-    encoded = blocks | "Encode" >> beam.ParDo(EncodeForShardsFn(num_shards, seed))
-    placeholders = blocks.pipeline | "EveryShard" >> beam.Create(every_shard)
-    return ((encoded, placeholders)
+    """Encode, write pieces, group the pieces by shard and join them; an empty shard is still written."""
+    every_shard = [((split, shard), None) for split, count in sorted(num_shards.items()) for shard in range(count)]
+    pieces = blocks | "EncodeAndWritePieces" >> beam.ParDo(WritePiecesFn(out_dir, num_shards, spec.num_classes, seed))
+    # Not reshuffled: the placeholders are tiny, and a Reshuffle is two more Beam stages.
+    placeholders = blocks.pipeline | "EveryShard" >> beam.Create(every_shard, reshuffle=False)
+    return ((pieces, placeholders)
             | "WithEveryShard" >> beam.Flatten()
-            | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShard" >> beam.ParDo(WriteShardFn(out_dir, spec.name, num_shards, spec.num_classes)))
+            | "GroupPiecesByShard" >> beam.GroupByKey()
+            | "AssembleShard" >> beam.ParDo(AssembleShardFn(out_dir, spec.name, num_shards, spec.num_classes)))
 
 
 @beam.ptransform_fn
 def TrainPixelHistogram(blocks, channels: int):
-    return blocks | "Histogram" >> beam.CombineGlobally(PixelHistogramFn(channels))
+    # Without defaults: a default for empty input would take a side input and three more
+    # Beam stages. Every block (of any split) gives an accumulator, so only a source with
+    # no examples at all gets no histogram.
+    return blocks | "Histogram" >> beam.CombineGlobally(PixelHistogramFn(channels)).without_defaults()
 
 
 class WriteReportFn(beam.DoFn):
@@ -283,9 +326,13 @@ def read_reports(out_dir: str) -> list[dict]:
 
 
 def build_conversion(pipeline, source, spec: DatasetSpec, out_dir: str, validation_fraction: float,
-                     num_shards: dict[str, int], seed: int) -> None:
-    """Add the whole conversion of ``source`` into ``out_dir`` to ``pipeline``."""
-    blocks = pipeline | "ReadSource" >> ReadSource(source)
+                     num_shards: dict[str, int], seed: int, read_parts: int = 1) -> None:
+    """Add the whole conversion of ``source`` into ``out_dir`` to ``pipeline``.
+
+    ``read_parts``: how many parts to read the source in, at most (one per worker).
+    The output does not depend on it.
+    """
+    blocks = pipeline | "ReadSource" >> ReadSource(source, read_parts)
     valid, rejected = blocks | "ValidateExamples" >> ValidateExamples(spec)
     split = valid | "CarveValidation" >> CarveValidation(validation_fraction, seed)
     shards = split | "EncodeAndWriteShards" >> EncodeAndWriteShards(out_dir, spec, num_shards, seed)
