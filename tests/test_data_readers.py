@@ -64,6 +64,16 @@ def test_parts_read_the_whole_source_once(dataset, mnist_dir, cifar10_dir):
         assert examples_of(block for part in parts for block in part.read_blocks()) == whole
 
 
+def test_key_array_is_the_keys_as_bytes():
+    from components.data.sources import Block
+
+    for indices in ([0, 7, 123456, 999999], [], [1_000_000, 3]):  # the last: past six digits, still exact
+        block = Block("validation", np.array(indices, np.uint64), np.zeros((len(indices), 2, 2, 1), np.uint8),
+                      np.zeros(len(indices), np.int64), "origin", source_split="train")
+        assert block.key_array().tolist() == [key.encode() for key in block.keys()]
+    assert block.keys() == ["train/1000000", "train/000003"]
+
+
 def test_contiguous_parts_weigh_skipping_against_converting():
     members = ("b1", "b2", "b3", "b4", "b5", "test")
     # A second part has to inflate the members before its own: give it fewer of them.

@@ -32,6 +32,17 @@ def test_encoder_matches_tensorflow_bytes(shape):
     assert parsed["shape"].numpy().tolist() == [list(shape)] * 4
 
 
+def test_framed_block_is_what_tensorflow_frames(tmp_path):
+    images = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    keys = np.array([b"test/000007", b"test/000008", b"test/000010"])  # a bytes array, as blocks give
+    path = tmp_path / "block.tfrecord"
+    path.write_bytes(schema.framed_block(images, np.array([4, 0, 9]), keys).tobytes())
+    expected = [tf_example(i, l, k.decode()) for i, l, k in zip(images, [4, 0, 9], keys)]
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == expected
+    with pytest.raises(ValueError, match=r"keys of one block must share a length, got \[10, 11\]"):
+        schema.framed_block(images[:2], np.array([1, 2]), ["test/00001", "test/000002"])
+
+
 def test_tfrecord_framing_round_trip(tmp_path):
     records = [b"", b"a", bytes(range(256)) * 40]
     path = tmp_path / "x.tfrecord"

@@ -81,7 +81,7 @@ def encode_block(images: np.ndarray, labels: np.ndarray, keys: Sequence[str]) ->
     return [row.tobytes() for row in framed_block(images, labels, keys)[:, 12:-4]]
 
 
-def framed_block(images: np.ndarray, labels: np.ndarray, keys: Sequence[str]) -> np.ndarray:
+def framed_block(images: np.ndarray, labels: np.ndarray, keys: Sequence[str] | np.ndarray) -> np.ndarray:
     """A block's records, TFRecord-framed, as the rows of one uint8 matrix.
 
     Within a block every record has the same layout: the images share a shape, the keys
@@ -91,16 +91,16 @@ def framed_block(images: np.ndarray, labels: np.ndarray, keys: Sequence[str]) ->
     computed per row. Row ``i`` is exactly ``frame_record(encode_example(images[i], ...))``.
     """
     count = len(images)
-    key_bytes = np.frombuffer("".join(keys).encode(), np.uint8).reshape(count, -1)
-    if len(set(map(len, keys))) > 1 or key_bytes.shape[1] != len(keys[0]):
-        raise ValueError(f"keys of one block must share a length, got {sorted(set(map(len, keys)))}")
-    if labels.min(initial=0) < 0 or labels.max(initial=0) >= 128:
-        raise ValueError(f"labels must be in [0, 128) to share a one-byte varint, got {labels.min()}..{labels.max()}")
+    keys = np.asarray(keys, dtype="S")  # a list of str, or already a bytes array
+    key_bytes = keys.view(np.uint8).reshape(count, keys.dtype.itemsize)
+    if (key_bytes[:, -1] == 0).any():  # NumPy pads the shorter keys with NULs
+        raise ValueError(f"keys of one block must share a length, got {sorted({len(k) for k in keys.tolist()})}")
     # Encode the first record, then locate its variable parts (pixels, key, label byte).
-    template = encode_example(images[0], int(labels[0]), keys[0])
+    first_key = keys[0].decode()
+    template = encode_example(images[0], int(labels[0]), first_key)
     pixel_count, key_length = images[0].nbytes, key_bytes.shape[1]
     pixels_at = template.index(images[0].tobytes()) if pixel_count else 0
-    key_entry = _map_entry("key", _bytes_feature(keys[0].encode()))
+    key_entry = _map_entry("key", _bytes_feature(keys[0]))
     key_at = template.index(key_entry) + len(key_entry) - key_length
     label_entry = _map_entry("label", _int64_feature((int(labels[0]),)))
     label_at = template.index(label_entry) + len(label_entry) - 1

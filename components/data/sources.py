@@ -50,6 +50,16 @@ class Block:
     def keys(self) -> list[str]:
         return [f"{self.source_split}/{i:06d}" for i in self.indices.tolist()]
 
+    def key_array(self) -> np.ndarray:
+        """:meth:`keys` as a NumPy bytes array, built column by column for six-digit indices."""
+        if not len(self) or self.indices.max() >= 10**6:
+            return np.array(self.keys(), dtype="S")
+        powers = np.uint64(10) ** np.arange(5, -1, -1, dtype=np.uint64)
+        digits = (self.indices[:, None] // powers % np.uint64(10)).astype(np.uint8) + ord("0")
+        prefix = np.frombuffer(f"{self.source_split}/".encode(), np.uint8)
+        matrix = np.concatenate([np.broadcast_to(prefix, (len(self), len(prefix))), digits], axis=1)
+        return matrix.view(f"S{matrix.shape[1]}").ravel()
+
     def take(self, selection: np.ndarray, split: str | None = None) -> "Block":
         """The examples a boolean mask or an index array selects, optionally relabelled as another split."""
         return Block(split or self.split, self.indices[selection], self.images[selection], self.labels[selection],

@@ -150,11 +150,11 @@ class WritePiecesFn(beam.DoFn):
     def process(self, block: Block):
         if not len(block):
             return
-        keys = np.array(block.keys(), dtype="S")
+        keys = block.key_array()
         if (keys[1:] < keys[:-1]).any():  # sources yield blocks in key order; sort any other
             block = block.take(np.argsort(keys, kind="stable"))
-            keys = np.array(block.keys(), dtype="S")
-        framed = schema.framed_block(block.images, block.labels, block.keys())
+            keys = block.key_array()
+        framed = schema.framed_block(block.images, block.labels, keys)
         shards = stable_hash(block.indices, self.salt + block.source_split) % np.uint64(self.num_shards[block.split])
         for shard in np.unique(shards).tolist():
             picked = shards == shard
