@@ -8,7 +8,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from components.data import get_dataset
 from components.data.sources import Block
 from components.data.transforms import (PIECES_DIR, AssembleShardFn, CarveValidation, CarveValidationFn, PixelHistogramFn,
-                                        ValidateExamples, byte_histogram, channel_moments, stable_hash, unit_interval)
+                                        ValidateExamples, channel_histograms, channel_moments, stable_hash, unit_interval)
 
 
 def block(split="train", count=100, labels=None, shape=(28, 28, 1), start=0):
@@ -74,12 +74,12 @@ def test_pixel_histogram_gives_exact_moments():
     np.testing.assert_allclose(std, pixels.std(axis=0), rtol=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(0,), (1,), (7,), (5, 3, 3), (64, 28, 28)])
-def test_byte_histogram_counts_every_byte(shape):
-    values = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
-    np.testing.assert_array_equal(byte_histogram(values), np.bincount(values.ravel(), minlength=256))
-    strided = np.random.default_rng(1).integers(0, 256, (9, 4, 4, 3), dtype=np.uint8)[..., 1]  # one channel plane
-    np.testing.assert_array_equal(byte_histogram(strided), np.bincount(strided.ravel(), minlength=256))
+@pytest.mark.parametrize("shape", [(0, 1), (1, 1), (7, 1), (5, 3, 3), (3, 5, 3), (64, 28, 28, 1), (9, 32, 32, 3),
+                                   (3, 3, 2), (5, 3, 4), (2, 1, 5)])
+def test_channel_histograms_count_every_byte_of_every_channel(shape):
+    images = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    expected = [np.bincount(images[..., channel].ravel(), minlength=256) for channel in range(shape[-1])]
+    np.testing.assert_array_equal(channel_histograms(images), np.array(expected).reshape(shape[-1], 256))
 
 
 def piece(directory, name, first_key, last_key, payload, labels):

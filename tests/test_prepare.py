@@ -242,3 +242,18 @@ def test_full_real_data_sets(tmp_path, dataset, shape, mean):
     assert info["image_shape"] == shape
     np.testing.assert_allclose(info["train_statistics"]["mean"], mean, atol=1.0)
     assert all(f["verified"] == "content-validated" for f in info["source"]["files"])  # recompressed / rebuilt copies
+
+
+def test_prepare_benchmark_reports_both_sides(cifar10_dir):
+    import argparse
+
+    from components.benchmarks import prepare as bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    result = bench.run(parser.parse_args(["--dataset", "cifar10", "--raw-dir", str(cifar10_dir[0]),
+                                          "--params", str(REPO / "params.yaml")]))
+    assert result["ours_mode"] == "multi_processing x2"  # what params.yaml runs by default
+    assert min(result["plain_loop_s"], result["ours_s"], result["ours_in_memory_s"], result["empty_pipeline_s"]) > 0
+    assert result["ratio"] > 0 and result["target_ratio_max"] == 1.5  # times are rounded: tiny data, no exact ratio
+    assert result["empty_pipeline_s"] < result["ours_s"]  # the fixed cost is part of ours, not more than it

@@ -42,6 +42,17 @@ def plain_loop(spec, raw_dir: str, out_dir: pathlib.Path) -> None:
         writer.close()
 
 
+def empty_pipeline(config: PrepareConfig) -> None:
+    """A pipeline that does nothing, on the same runner and workers: Beam's fixed cost."""
+    import apache_beam as beam
+
+    from components.data.prepare import make_runner, pipeline_options
+
+    options = pipeline_options(config, [])
+    with beam.Pipeline(runner=make_runner(options), options=options) as pipeline:
+        pipeline | beam.Create([0, 1]) | beam.Map(lambda x: x)
+
+
 def _best_time(function, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -65,12 +76,14 @@ def run(args) -> dict:
     in_memory = dataclasses.replace(source, direct_running_mode="in_memory", direct_num_workers=1)
     in_memory_s = _best_time(lambda out: prepare_dataset(args.dataset, in_memory, raw_dir, str(out / "o"), **quiet),
                              args.repeats)
+    empty_s = _best_time(lambda _: empty_pipeline(config), args.repeats)
     return {
         "benchmark": "prepare", "dataset": args.dataset,
         "plain_loop_s": round(baseline_s, 2),
         "ours_s": round(ours_s, 2),
         "ours_mode": f"{config.direct_running_mode} x{config.direct_num_workers}",
         "ratio": round(ours_s / baseline_s, 2),
+        "empty_pipeline_s": round(empty_s, 2),  # Beam's fixed cost in the same mode: worker start and exit
         "ours_in_memory_s": round(in_memory_s, 2),
         "ratio_in_memory": round(in_memory_s / baseline_s, 2),
         "target_ratio_max": 1.5,

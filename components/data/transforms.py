@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pathlib
 import shutil
 import zlib
@@ -200,18 +201,28 @@ class AssembleShardFn(beam.DoFn):
                "count": sum(piece["count"] for piece in pieces), "class_counts": class_counts.tolist()}
 
 
-def byte_histogram(values: np.ndarray) -> np.ndarray:
-    """Counts of each value 0-255 in a uint8 array, exact (int64, 256).
+def channel_histograms(images: np.ndarray) -> np.ndarray:
+    """Per-channel counts of each value 0-255 in uint8 images (..., C): exact, int64 (C, 256).
 
-    ``np.bincount`` widens every input to 64 bits first, which dominates its cost; so
-    the bytes are counted in pairs (as uint16, 65,536 bins) and the pair counts folded
-    back to single bytes: about 1.5 times faster on CIFAR-10 blocks.
+    ``np.bincount`` widens every input to 64 bits first, which dominates its cost, so the
+    bytes are counted two at a time, as little-endian uint16s (65,536 bins), and each
+    pair count is folded back onto the channels of its two bytes. Channels repeat every
+    C bytes, so the channels of a pair repeat every lcm(2, C) bytes: one strided column
+    of pairs each. About twice as fast as one bincount per channel on CIFAR-10 blocks.
     """
-    flat = np.ascontiguousarray(values).reshape(-1)
-    odd_one = flat[-1:] if flat.size % 2 else flat[:0]
-    pairs = np.bincount(flat[:flat.size - odd_one.size].view(np.uint16), minlength=1 << 16).reshape(256, 256)
-    # A uint16 holds one byte in its high half and one in its low half: fold both.
-    return pairs.sum(axis=0) + pairs.sum(axis=1) + np.bincount(odd_one, minlength=256)
+    channels = images.shape[-1]
+    flat = np.ascontiguousarray(images).reshape(-1)
+    period = math.lcm(2, channels)  # bytes
+    whole = flat.size - flat.size % period
+    pairs = flat[:whole].view("<u2").reshape(-1, period // 2)
+    histogram = np.zeros((channels, 256), np.int64)
+    for column in range(period // 2):
+        counts = np.bincount(pairs[:, column], minlength=1 << 16).reshape(256, 256)  # [second byte, first byte]
+        histogram[2 * column % channels] += counts.sum(axis=0)
+        histogram[(2 * column + 1) % channels] += counts.sum(axis=1)
+    for offset, value in enumerate(flat[whole:].tolist()):  # under `period` bytes left, from channel 0
+        histogram[offset % channels, value] += 1
+    return histogram
 
 
 class PixelHistogramFn(beam.CombineFn):
@@ -233,8 +244,7 @@ class PixelHistogramFn(beam.CombineFn):
     def add_input(self, accumulator, block: Block):
         if block.split != "train":
             return accumulator
-        for channel in range(self.channels):
-            accumulator[channel] += byte_histogram(block.images[..., channel])
+        accumulator += channel_histograms(block.images)
         return accumulator
 
     def merge_accumulators(self, accumulators):
