@@ -8,12 +8,45 @@ Options the script does not know are handed to Beam, so any runner works, e.g.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import shutil
 import sys
+import tempfile
 
 from components.config import ConfigError, load_section
 from components.data import DataError, list_datasets
 from components.data.prepare import PrepareConfig, prepare_dataset
+
+
+@contextlib.contextmanager
+def stderr_held_back():
+    """Send file descriptor 2 to a temporary file while the block runs; replay it if the block
+    fails with anything but a DataError or ConfigError.
+
+    Beam's worker processes inherit the descriptor, and a worker prints a failing bundle's
+    traceback to it unconditionally (besides start-up chatter), while the driver raises the
+    same error, which this script reports in one line. An unexpected error still shows all.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except (ConfigError, DataError):
+            raise
+        except BaseException:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            held.seek(0)
+            shutil.copyfileobj(held, sys.stderr.buffer)
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     if not args.verbose:
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
-        beam_args = [*beam_args, "--default_sdk_harness_log_level=WARNING"]
+        # Workers log a failing bundle with its traceback too; the driver gets the same error.
+        beam_args = ["--default_sdk_harness_log_level=CRITICAL", *beam_args]
     try:
         config = load_section(PrepareConfig, "prepare", args.params)
-        prepare_dataset(args.dataset, config, args.raw_dir, args.out_dir, beam_args)
+        with contextlib.nullcontext() if args.verbose else stderr_held_back():
+            prepare_dataset(args.dataset, config, args.raw_dir, args.out_dir, beam_args)
     except (ConfigError, DataError) as error:
         print(f"prepare: error: {error}", file=sys.stderr)
         return 1

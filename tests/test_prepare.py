@@ -178,6 +178,17 @@ def test_bad_archives_fail_with_one_clear_message(tmp_path, mnist_dir, fast_para
     assert (out / "previous-marker").exists()
 
 
+def test_a_worker_process_failing_still_gives_one_clear_message(tmp_path, cifar10_dir):
+    raw_dir, _ = cifar10_dir
+    archive = raw_dir / "cifar-10-binary.tar.gz"
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size * 9 // 10])  # the second part fails
+    out = tmp_path / "out"
+    result = run_cli("--dataset", "cifar10", "--raw-dir", str(raw_dir), "--out-dir", str(out),
+                     params=REPO / "params.yaml")  # two worker processes, as by default
+    assert_failed_cleanly(result, out, "cifar-10-binary.tar.gz: truncated or corrupt tar.gz archive")
+    assert not out.exists()
+
+
 def test_max_rejected_lets_known_bad_examples_through(tmp_path, mnist_dir):
     raw_dir, _ = mnist_dir
     labels = np.arange(300) % 10
