@@ -41,6 +41,8 @@ def test_framed_block_is_what_tensorflow_frames(tmp_path):
     assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == expected
     with pytest.raises(ValueError, match=r"keys of one block must share a length, got \[10, 11\]"):
         schema.framed_block(images[:2], np.array([1, 2]), ["test/00001", "test/000002"])
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 128\)"):  # one varint byte each
+        schema.framed_block(images[:2], np.array([1, 200]), ["test/000001", "test/000002"])
 
 
 def test_tfrecord_framing_round_trip(tmp_path):

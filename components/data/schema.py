@@ -95,6 +95,8 @@ def framed_block(images: np.ndarray, labels: np.ndarray, keys: Sequence[str] | n
     key_bytes = keys.view(np.uint8).reshape(count, keys.dtype.itemsize)
     if (key_bytes[:, -1] == 0).any():  # NumPy pads the shorter keys with NULs
         raise ValueError(f"keys of one block must share a length, got {sorted({len(k) for k in keys.tolist()})}")
+    if labels.min(initial=0) < 0 or labels.max(initial=0) >= 128:
+        raise ValueError(f"labels must be in [0, 128) to share a one-byte varint, got {labels.min()}..{labels.max()}")
     # Encode the first record, then locate its variable parts (pixels, key, label byte).
     first_key = keys[0].decode()
     template = encode_example(images[0], int(labels[0]), first_key)
