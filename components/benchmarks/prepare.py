@@ -14,7 +14,7 @@ import time
 
 from components.config import load_section
 from components.data.datasets import get_dataset
-from components.data.prepare import PrepareConfig, prepare_dataset
+from components.data.prepare import PrepareConfig, make_runner, pipeline_options, prepare_dataset
 from components.data.sources import ArchiveSource
 
 
@@ -45,8 +45,6 @@ def plain_loop(spec, raw_dir: str, out_dir: pathlib.Path) -> None:
 def empty_pipeline(config: PrepareConfig) -> None:
     """A pipeline that does nothing, on the same runner and workers: Beam's fixed cost."""
     import apache_beam as beam
-
-    from components.data.prepare import make_runner, pipeline_options
 
     options = pipeline_options(config, [])
     with beam.Pipeline(runner=make_runner(options), options=options) as pipeline:

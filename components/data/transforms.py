@@ -159,7 +159,8 @@ class WritePiecesFn(beam.DoFn):
         shards = stable_hash(block.indices, self.salt + block.source_split) % np.uint64(self.num_shards[block.split])
         for shard in np.unique(shards).tolist():
             picked = shards == shard
-            first_key, last_key = keys[picked][0].decode(), keys[picked][-1].decode()
+            shard_keys = keys[picked]
+            first_key, last_key = shard_keys[0].decode(), shard_keys[-1].decode()
             name = f"{block.split}-{shard:05d}-{first_key.replace('/', '-')}"
             with FileSystems.create(FileSystems.join(self.out_dir, PIECES_DIR, name)) as handle:
                 handle.write(framed[picked].ravel().data)
