@@ -9,10 +9,12 @@ SHARED ?= ../shared/datasets
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every package to the versions the suite passed with, so a fresh
+# clone resolves the same stack (pyproject.toml keeps the compatible ranges).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
 # The offline raw data: Fashion-MNIST's IDX files and CIFAR-10's canonical archive,

@@ -3,9 +3,10 @@
     python -m pipeline.evaluate --experiment NAME [--params params.yaml]
 
 Reads ``experiments.NAME`` (or ``zoo.NAME``: dataset, model), ``train.models_dir`` and
-``train.data_root``, and the ``evaluate`` section of the params file; writes ``metrics/<dataset>/<model>.json`` and ``.verdict.json``, the plots
-under ``plots/<dataset>/<model>/``, and logs them into the MLflow run that trained the
-model. Exit status: 0 accepted (or rejected with ``evaluate.warn_only: true``, after a
+``prepare.out_root`` (where its files are: :mod:`components.experiments`), and the
+``evaluate`` section of the params file; writes ``metrics/NAME/test.json`` and
+``verdict.json``, the plots under ``plots/NAME/``, and logs them into the MLflow run that
+trained the model. Exit status: 0 accepted (or rejected with ``evaluate.warn_only: true``, after a
 warning); 1 rejected; 2 bad or missing input (the message names the file).
 Without an ``evaluate`` section the defaults of ``EvaluateConfig`` apply.
 """
@@ -15,7 +16,8 @@ import argparse
 import sys
 
 from components.config import ConfigError, from_dict, load_params
-from components.evaluation import EvaluateConfig, EvaluationError, experiment_specs, get_experiment
+from components.evaluation import EvaluateConfig, EvaluationError
+from components.experiments import catalogue, resolve
 from components.tracking import TrackingError
 
 EXIT_REJECTED, EXIT_BAD_INPUT = 1, 2
@@ -29,13 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         config = from_dict(EvaluateConfig, params.get("evaluate"), where=f"{args.params}:evaluate")
-        specs = experiment_specs(params, args.params)
-        spec = get_experiment(specs, args.experiment, args.params)
-        train = params.get("train") if isinstance(params.get("train"), dict) else {}
+        experiments = catalogue(params, args.params)
+        spec = resolve(args.experiment, params, args.params)
         from components.evaluation.evaluate import evaluate_experiment  # TensorFlow loads here
 
-        result = evaluate_experiment(spec, config, specs, data_root=train.get("data_root", "data/tfrecords"),
-                                     models_root=train.get("models_dir", "models"))
+        result = evaluate_experiment(spec, config, experiments)
     except (ConfigError, EvaluationError, TrackingError) as error:
         print(f"evaluate: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -53,7 +53,7 @@ def report(result: dict, experiment: str, config: EvaluateConfig) -> int:
     print(f"  {m['images_per_s']:.0f} images/s at batch {config.batch_size}, "
           f"latency {m['latency_ms']:.2f} ms at batch 1, {m['params']:,} parameters, "
           f"{m['size_bytes'] / 1e6:.2f} MB on disk")
-    print(f"  metrics: {paths.metrics}; verdict: {paths.verdict}; plots: {paths.confusion_png.parent}")
+    print(f"  metrics: {paths.test_metrics}; verdict: {paths.verdict}; plots: {paths.plots_dir}")
     for check in verdict["checked"]:
         if check.get("skipped"):
             print(f"  note: {check['check']} not checked: {check['skipped']}")

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--augment", default="standard", help="comma-separated policies, e.g. standard,cutout")
-    parser.add_argument("--data-dir", help="prepared directory (default: data/tfrecords/<dataset>)")
+    parser.add_argument("--data-dir", help="prepared directory (default: <prepare.out_root>/<dataset>)")
     parser.add_argument("--out", help="PNG to write (default: reports/inspect/<dataset>-<augment>.png)")
     parser.add_argument("--count", type=int, default=32, help="images in the grid")
     parser.add_argument("--seed", type=int, help="overrides the seed (default: train.input.seed, else 0)")
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_grid(args) -> pathlib.Path:
     """Build the training pipeline for ``args``, take one batch and save it as a labelled grid."""
+    from components.experiments import data_root
     from components.inputs import InputConfig, build_dataset, check_prepared
 
     if args.count < 1:
@@ -57,7 +58,7 @@ def write_grid(args) -> pathlib.Path:
     config = dataclasses.replace(config, augment=policies, batch_size=args.count, drop_remainder=False,
                                  repeat=False, data_service=None, cache="none",  # one batch: nothing to cache
                                  seed=config.seed if args.seed is None else args.seed)
-    data_dir = args.data_dir or str(pathlib.Path("data/tfrecords") / args.dataset)
+    data_dir = args.data_dir or str(pathlib.Path(data_root(params)) / args.dataset)
     info = check_prepared(data_dir, ("train",), mode=config.verify_shards)
     images, labels = next(iter(build_dataset(data_dir, "train", config, training=True)))
     titles = [caption(label, info["label_names"]) for label in labels.numpy()]

@@ -17,7 +17,6 @@ import tempfile
 
 from components.config import ConfigError, load_section
 from components.data import DataError, list_datasets
-from components.data.prepare import PrepareConfig, prepare_dataset
 
 
 @contextlib.contextmanager
@@ -49,6 +48,12 @@ def stderr_held_back():
             os.close(saved)
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: the CLI promises one line per error, and some messages quote
+    text with line breaks of its own (a YAML parser's, say)."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, help=f"one of {', '.join(list_datasets())}")
@@ -64,11 +69,16 @@ def main(argv: list[str] | None = None) -> int:
         # Workers log a failing bundle with its traceback too; the driver gets the same error.
         beam_args = ["--default_sdk_harness_log_level=CRITICAL", *beam_args]
     try:
-        config = load_section(PrepareConfig, "prepare", args.params)
         with contextlib.nullcontext() if args.verbose else stderr_held_back():
+            # Imported here, after logging is set up and with stderr held back: importing
+            # Beam logs a warning of its own (apitools is not installed) through the root
+            # logger, which would otherwise precede the one-line error on stderr.
+            from components.data.prepare import PrepareConfig, prepare_dataset
+
+            config = load_section(PrepareConfig, "prepare", args.params)
             prepare_dataset(args.dataset, config, args.raw_dir, args.out_dir, beam_args)
     except (ConfigError, DataError) as error:
-        print(f"prepare: error: {error}", file=sys.stderr)
+        print(f"prepare: error: {one_line(str(error))}", file=sys.stderr)
         return 1
     return 0
 

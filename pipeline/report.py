@@ -1,6 +1,6 @@
 """Stage ``report``: compare every evaluated experiment with the tutorials' and papers' figures.
 
-    python -m pipeline.report [--metrics-dir metrics] [--models-dir models] [--out-dir reports] [--no-mlflow]
+    python -m pipeline.report [--metrics-dir metrics] [--out-dir reports] [--no-mlflow]
 
 Writes ``reports/summary.md``, ``reports/accuracy_vs_params.png`` and
 ``reports/accuracy_vs_train_time.png``. MLflow is consulted when a store is configured
@@ -17,15 +17,14 @@ from components.evaluation import EvaluationError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--metrics-dir", default="metrics", help="root of <dataset>/<model>.json metrics files")
-    parser.add_argument("--models-dir", default="models", help="root of <experiment>/train_metrics.json files")
+    parser.add_argument("--metrics-dir", default="metrics", help="root of the <experiment>/test.json metrics files")
     parser.add_argument("--out-dir", default="reports", help="where summary.md and the charts go")
     parser.add_argument("--no-mlflow", action="store_true", help="do not consult the MLflow tracking store")
     args = parser.parse_args(argv)
     from components.evaluation.report import build_report
 
     try:
-        summary = build_report(args.metrics_dir, args.models_dir, args.out_dir, use_mlflow=not args.no_mlflow)
+        summary = build_report(args.metrics_dir, args.out_dir, use_mlflow=not args.no_mlflow)
     except EvaluationError as error:
         print(f"report: error: {error}", file=sys.stderr)
         return 2

@@ -8,7 +8,6 @@ last completed epoch.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -33,12 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         experiment, settings = load_experiment(args.experiment, args.params)
         tracking = settings.tracking and not args.no_tracking and is_chief()
-        if not tracking:
-            return _train(experiment, settings, tracking=False)
-        from components.tracking import configure_tracking
+        if tracking:
+            from components.tracking import configure_tracking
 
-        configure_tracking()  # fails fast when the server is unreachable
-        return _train(experiment, settings, tracking=True)
+            configure_tracking()  # fails fast when the server is unreachable
+        _train(experiment, settings, tracking=tracking)
+        if is_chief():
+            write_dvc_records(experiment.paths)
+        return 0
     except (ConfigError, DataError, ModelConfigError, TrainingError) as error:
         print(f"train: error: {error}", file=sys.stderr)
         return 1
@@ -51,9 +52,18 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def write_dvc_records(paths) -> None:
+    """Copy the published model directory's summary and history to where ``dvc.yaml`` declares
+    the stage's metrics and plots (DVC cannot declare files inside an output directory)."""
+    from components.training.callbacks import write_atomically
+
+    for source, target in ((paths.train_summary, paths.train_metrics), (paths.model_history, paths.history)):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(target, source.read_bytes())
+
+
 def _train(experiment, settings, tracking: bool) -> int:
     from components.config import to_dict
-    from components.training.callbacks import write_atomically
     from components.training.trainer import input_config, resumable_run_id, train_experiment
 
     if not tracking:
@@ -65,27 +75,28 @@ def _train(experiment, settings, tracking: bool) -> int:
     from components.inputs import check_prepared
 
     # Cheap checks first, so a data set that is not prepared makes no MLflow run at all.
-    check_prepared(pathlib.Path(settings.data_root) / experiment.dataset, ("train", "validation"), mode="none")
+    check_prepared(experiment.paths.data, ("train", "validation"), mode="none")
     previous_run = resumable_run_id(experiment, settings)
     with training_run(experiment.dataset, experiment.name, previous_run) as run:
         if previous_run is None:
+            # The effective input config: the one the trainer builds its data sets with.
             config = {"experiment": experiment.name, "dataset": experiment.dataset, "model": experiment.model,
                       "recipe_name": experiment.recipe_name, "recipe": to_dict(experiment.recipe),
                       "model_hparams": experiment.model_hparams, "input": to_dict(input_config(experiment, settings)),
                       "train": {k: v for k, v in to_dict(settings).items() if k != "input"}}
-            data_dir = pathlib.Path(settings.data_root) / experiment.dataset
-            log_run_inputs(config, data_dir, experiment.dataset, stage=f"train@{experiment.name}")
+            log_run_inputs(config, experiment.paths.data, experiment.dataset, stage=f"train@{experiment.name}")
+        registered = experiment.registered_model_name if settings.register_model else None
+
+        def record_in_mlflow(staged_dir: pathlib.Path, metrics: dict) -> dict:
+            # On the assembled directory, before the trainer renames it into place: the run id
+            # and registered version are in train_metrics.json when it is published.
+            return log_run_outputs(staged_dir, metrics, registered)
+
         result = train_experiment(experiment, settings, callbacks=[MlflowEpochLogger()],
                                   extra_state={"mlflow_run_id": run.info.run_id},
-                                  resume_state=lambda state: backfill_epochs(run.info.run_id, state["history"]))
-        registered = f"{experiment.dataset}-{experiment.model}" if settings.register_model else None
-        metrics_path = result.model_dir / "train_metrics.json"
-        metrics = {**json.loads(metrics_path.read_text()), "mlflow_run_id": run.info.run_id,
-                   "registered_model_name": registered}
-        write_atomically(metrics_path, (json.dumps(metrics, indent=2) + "\n").encode())
-        version = log_run_outputs(result.model_dir, registered)
-        metrics["registered_model_version"] = version
-        write_atomically(metrics_path, (json.dumps(metrics, indent=2) + "\n").encode())
+                                  resume_state=lambda state: backfill_epochs(run.info.run_id, state["history"]),
+                                  before_publish=record_in_mlflow)
+        version = result.metrics["registered_model_version"]
         print(f"[mlflow] run {run.info.run_id}" + (f", registered {registered} version {version}" if version else ""))
     return 0
 

@@ -60,6 +60,23 @@ def write_tar_gz(path: pathlib.Path, members: dict[str, bytes]) -> None:
             tar.addfile(info, io.BytesIO(payload))
 
 
+def write_tar_gz_entries(path: pathlib.Path, entries: list[tuple[tarfile.TarInfo, bytes]]) -> None:
+    """A tar.gz of the given headers in this order, each followed by its payload (links,
+    devices, FIFOs and directories included, and names repeated if given twice)."""
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w") as tar:
+        for info, payload in entries:
+            if info.isfile():
+                info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload) if info.isfile() else None)
+
+
+def read_tar_gz_entries(path: pathlib.Path) -> list[tuple[tarfile.TarInfo, bytes]]:
+    """Every header of a tar.gz in archive order, with the payload of each regular file (else b"")."""
+    with tarfile.open(path, "r:gz") as tar:
+        return [(info, tar.extractfile(info).read() if info.isfile() else b"") for info in tar.getmembers()]
+
+
 def write_cifar10_dir(directory: pathlib.Path, per_batch: int = 40, test: int = 50, seed: int = 0) -> dict:
     """A small ``cifar-10-binary.tar.gz`` in the exact published layout; returns the arrays."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,14 @@
 """Readers on small archives written in the publishers' exact formats, and on broken ones."""
 import gzip
+import tarfile
 
 import numpy as np
 import pytest
 
 from components.data import DataError, get_dataset, list_datasets, readers
 from components.data.sources import ArchiveSource, SyntheticSource, contiguous_parts
-from tests.conftest import write_idx_images, write_idx_labels, write_tar_gz
+from tests.conftest import (read_tar_gz_entries, write_idx_images, write_idx_labels, write_tar_gz,
+                            write_tar_gz_entries)
 
 
 def test_known_datasets_are_described_once():
@@ -170,3 +172,129 @@ def test_synthetic_source_is_deterministic_and_in_schema():
     block = first[0]
     distances = ((block.images[:, None].astype(float) - templates[None]) ** 2).mean(axis=(2, 3, 4))
     assert (distances.argmin(axis=1) == block.labels).mean() > 0.9
+
+
+BIN = "cifar-10-batches-bin"
+
+
+def tar_entry(name, kind=tarfile.REGTYPE, linkname="", payload=b""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        info.devmajor, info.devminor = 1, 3
+    return info, payload
+
+
+def rewrite_cifar10(archive, extra, at=None):
+    """Rewrite the fixture's archive with ``extra`` (tar_entry results) inserted before member ``at``
+    (a position from 0; None: at the end), keeping every original member and its bytes."""
+    entries = read_tar_gz_entries(archive)
+    at = len(entries) if at is None else at
+    write_tar_gz_entries(archive, entries[:at] + list(extra) + entries[at:])
+
+
+CIFAR10_MEMBERS = ", ".join(f"{BIN}/{name}" for name in [
+    "batches.meta.txt", *(f"data_batch_{i}.bin" for i in range(1, 6)), "readme.html", "test_batch.bin"])
+
+# Fixture members, in archive order: data_batch_1-5 (1-5), test_batch (6), batches.meta.txt (7).
+SURPRISES = {
+    "symlink": ([tar_entry(f"{BIN}/data_batch_6.bin", tarfile.SYMTYPE, "data_batch_1.bin")],
+                "member 'cifar-10-batches-bin/data_batch_6.bin' is a symbolic link (to 'data_batch_1.bin'); "
+                "only regular files and directories are allowed"),
+    "symlink-named-as-an-extra": (
+        [tar_entry(f"{BIN}/readme.html", tarfile.SYMTYPE, "/etc/passwd")],
+        "member 'cifar-10-batches-bin/readme.html' is a symbolic link (to '/etc/passwd'); "
+        "only regular files and directories are allowed"),
+    "hardlink": ([tar_entry(f"{BIN}/readme.html", tarfile.LNKTYPE, f"{BIN}/test_batch.bin")],
+                 "member 'cifar-10-batches-bin/readme.html' is a hard link (to 'cifar-10-batches-bin/test_batch.bin'); "
+                 "only regular files and directories are allowed"),
+    "fifo": ([tar_entry(f"{BIN}/readme.html", tarfile.FIFOTYPE)],
+             "member 'cifar-10-batches-bin/readme.html' is a FIFO; only regular files and directories are allowed"),
+    "char-device": ([tar_entry(f"{BIN}/readme.html", tarfile.CHRTYPE)],
+                    "member 'cifar-10-batches-bin/readme.html' is a character device; "
+                    "only regular files and directories are allowed"),
+    "block-device": ([tar_entry(f"{BIN}/readme.html", tarfile.BLKTYPE)],
+                     "member 'cifar-10-batches-bin/readme.html' is a block device; "
+                     "only regular files and directories are allowed"),
+    "duplicate": ([tar_entry(f"{BIN}/data_batch_1.bin", payload=bytes(3073))],
+                  "member 'cifar-10-batches-bin/data_batch_1.bin' appears twice (members 1 and 8); "
+                  "each name must appear once"),
+    "unknown-inside": ([tar_entry(f"{BIN}/data_batch_6.bin", payload=bytes(3073))],
+                       "member 'cifar-10-batches-bin/data_batch_6.bin' (3073 bytes) is not a file of this release; "
+                       f"expected only {CIFAR10_MEMBERS}"),
+    "unknown-outside": ([tar_entry("notes.txt", payload=b"hello")],
+                        f"member 'notes.txt' (5 bytes) is not a file of this release; expected only {CIFAR10_MEMBERS}"),
+    "absolute": ([tar_entry(f"/{BIN}/data_batch_1.bin", payload=bytes(3073))],
+                 "member '/cifar-10-batches-bin/data_batch_1.bin' has an absolute name"),
+    "dotdot": ([tar_entry(f"{BIN}/../../data_batch_1.bin", payload=bytes(3073))],
+               "member 'cifar-10-batches-bin/../../data_batch_1.bin' has a '..' component"),
+    "dotdot-directory": ([tar_entry("../outside", tarfile.DIRTYPE)], "member '../outside' has a '..' component"),
+}
+
+
+@pytest.mark.parametrize("problem", sorted(SURPRISES))
+def test_surprising_tar_members_are_errors_naming_archive_and_member(cifar10_dir, problem):
+    directory, _ = cifar10_dir
+    archive = directory / "cifar-10-binary.tar.gz"
+    extra, message = SURPRISES[problem]
+    rewrite_cifar10(archive, extra)  # after every record file: only a check of every member finds it
+    with pytest.raises(DataError) as caught:
+        list(ArchiveSource(get_dataset("cifar10"), str(directory)).read_blocks())
+    assert str(caught.value) == f"{archive}: {message}"
+
+
+@pytest.mark.parametrize("problem, at", [("duplicate", None), ("symlink", None), ("unknown-inside", 2),
+                                         ("dotdot", 0)])
+def test_every_read_plan_fails_on_the_same_member(cifar10_dir, problem, at):
+    """A part that stops early has still checked what it passed, and the last part reads to the end,
+    so however the archive is cut, reading it fails, always on the same first bad member."""
+    directory, _ = cifar10_dir
+    archive = directory / "cifar-10-binary.tar.gz"
+    extra, message = SURPRISES[problem]
+    rewrite_cifar10(archive, extra, at)
+    source = ArchiveSource(get_dataset("cifar10"), str(directory), block_size=32)
+    for count in (1, 2, 3, 6):
+        errors = []
+        for part in source.parts(count):
+            try:
+                list(part.read_blocks())
+            except DataError as error:
+                errors.append(str(error))
+        assert errors and set(errors) == {f"{archive}: {message}"}, (count, errors)
+
+
+def test_directories_and_the_releases_own_extra_files_are_read_past(cifar10_dir):
+    directory, data = cifar10_dir
+    archive = directory / "cifar-10-binary.tar.gz"
+    # The real release starts with its directory and also holds readme.html.
+    rewrite_cifar10(archive, [tar_entry(BIN, tarfile.DIRTYPE)], at=0)
+    rewrite_cifar10(archive, [tar_entry(f"{BIN}/readme.html", payload=b"<html></html>"),
+                              tar_entry(f"{BIN}/empty-dir", tarfile.DIRTYPE)], at=3)
+    blocks = list(ArchiveSource(get_dataset("cifar10"), str(directory)).read_blocks())
+    train = [b for b in blocks if b.split == "train"]
+    np.testing.assert_array_equal(np.concatenate([b.images for b in train]), data["train"][0])
+    names = [name for name, _, _ in readers.iter_tar_members(archive)]
+    assert names[:4] == [f"{BIN}/data_batch_{i}.bin" for i in (1, 2)] + [f"{BIN}/readme.html", f"{BIN}/data_batch_3.bin"]
+    assert len(names) == 8  # the six record files and two extras; directories are not yielded
+
+
+def test_cifar100_archive_with_its_label_name_files(tmp_path):
+    rng = np.random.default_rng(5)
+    records = {split: np.concatenate([rng.integers(0, 20, (n, 1)), rng.integers(0, 100, (n, 1)),
+                                      rng.integers(0, 256, (n, 3072))], axis=1).astype(np.uint8)
+               for split, n in (("train", 30), ("test", 10))}
+    write_tar_gz(tmp_path / "cifar-100-binary.tar.gz", {
+        "cifar-100-binary/coarse_label_names.txt": b"aquatic_mammals\n",
+        "cifar-100-binary/train.bin": records["train"].tobytes(),
+        "cifar-100-binary/fine_label_names.txt": b"apple\n",
+        "cifar-100-binary/test.bin": records["test"].tobytes()})
+    blocks = list(ArchiveSource(get_dataset("cifar100"), str(tmp_path)).read_blocks())
+    assert [b.labels.tolist() for b in blocks] == [records["train"][:, 1].tolist(), records["test"][:, 1].tolist()]
+    write_tar_gz(tmp_path / "cifar-100-binary.tar.gz", {
+        "cifar-100-binary/train.bin": records["train"].tobytes(), "cifar-100-binary/meta": b"",
+        "cifar-100-binary/test.bin": records["test"].tobytes()})
+    with pytest.raises(DataError, match=r"member 'cifar-100-binary/meta' \(0 bytes\) is not a file of this release; "
+                                        r"expected only cifar-100-binary/coarse_label_names.txt, "
+                                        r"cifar-100-binary/fine_label_names.txt, cifar-100-binary/test.bin, "
+                                        r"cifar-100-binary/train.bin$"):
+        list(ArchiveSource(get_dataset("cifar100"), str(tmp_path)).read_blocks())

@@ -1,4 +1,6 @@
 """The Beam transforms, each on a TestPipeline with assert_that."""
+import zlib
+
 import apache_beam as beam
 import numpy as np
 import pytest
@@ -18,10 +20,44 @@ def block(split="train", count=100, labels=None, shape=(28, 28, 1), start=0):
                  labels.astype(np.int64), f"file-{split}-{start}")
 
 
+MASK64 = (1 << 64) - 1
+GOLDEN_GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment, 2**64 / golden ratio
+
+
+def splitmix64_mix(z: int) -> int:
+    """splitmix64's output function (Steele, Lea & Flood 2014; Vigna's splitmix64.c), on plain ints."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def reference_stable_hash(index: int, salt: str) -> int:
+    """The definition in stable_hash's docstring, one integer at a time: the salt's CRC-32
+    picks a point of the splitmix64 sequence (that many gamma steps), the index is added."""
+    return splitmix64_mix((index + zlib.crc32(salt.encode()) * GOLDEN_GAMMA) & MASK64)
+
+
+def test_reference_is_splitmix64():
+    # The first outputs of splitmix64.c seeded with 0: the published sequence anchors the oracle.
+    assert [splitmix64_mix(k * GOLDEN_GAMMA & MASK64) for k in (1, 2, 3)] == [
+        0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
+
+
+@pytest.mark.parametrize("salt", ["validation:0", "validation:1", "shard:0train", "shard:7test", ""])
+def test_stable_hash_matches_an_independent_splitmix64(salt):
+    indices = [0, 1, 2, 9_999, 49_999, 123_456, 2**32 + 5, 2**63, 2**64 - 1]
+    assert stable_hash(np.array(indices, np.uint64), salt).tolist() == [reference_stable_hash(i, salt) for i in indices]
+
+
 def test_stable_hash_is_fixed_and_uniform():
     hashes = stable_hash(np.arange(100_000, dtype=np.uint64), "validation:0")
-    # Pinned values: changing the hash would silently change every split.
-    assert hashes[:2].tolist() == stable_hash(np.array([0, 1], np.uint64), "validation:0").tolist()
+    # Pinned values (computed once with reference_stable_hash): changing the hash would
+    # silently change every split and shard, so a change to both must show here too.
+    assert [f"{h:#018x}" for h in hashes[[0, 1, 49_999]].tolist()] == [
+        "0x5856ddda54de27e4", "0x32b5240a81bfbc65", "0x860ba05c7f3f9ae8"]
+    assert f"{stable_hash(np.array([2**64 - 1], np.uint64), 'validation:0')[0]:#018x}" == "0x926b17ec267948ef"
+    assert [f"{h:#018x}" for h in stable_hash(np.array([0, 1, 49_999], np.uint64), "shard:0train").tolist()] == [
+        "0x4bf988a5d77bc610", "0xd7d6a668508435c5", "0xf7e6b205a4fa5b3c"]
     fraction = (unit_interval(hashes) < 0.1).mean()
     assert 0.097 < fraction < 0.103
     assert not np.array_equal(hashes, stable_hash(np.arange(100_000, dtype=np.uint64), "validation:1"))

@@ -26,30 +26,37 @@ def metrics(experiment: str, dataset: str, model: str, accuracy: float, params: 
 def fixture_repo(tmp_path):
     """Three evaluated experiments on two data sets, as the evaluate and train stages leave them."""
     m = tmp_path / "metrics"
-    write_json(m / "fashion_mnist" / "lenet5.json", metrics("fmnist_lenet5", "fashion_mnist", "lenet5", 0.8912, 61706))
-    write_json(m / "fashion_mnist" / "lenet5.verdict.json", {"status": "accepted", "reasons": []})
-    write_json(m / "fashion_mnist" / "lenet5.accepted.json", metrics("fmnist_lenet5", "fashion_mnist", "lenet5",
-                                                                     0.8912, 61706))
-    write_json(m / "cifar10" / "resnet20.json", metrics("cifar_resnet20", "cifar10", "resnet20", 0.6543, 272474))
-    write_json(m / "cifar10" / "resnet20.verdict.json", {"status": "rejected", "reasons": ["x"]})
-    write_json(m / "cifar10" / "lenet5.json", metrics("cifar_lenet5", "cifar10", "lenet5", 0.5012, 62006))
-    write_json(tmp_path / "models" / "fmnist_lenet5" / "train_metrics.json",
+    write_json(m / "fmnist_lenet5" / "test.json", metrics("fmnist_lenet5", "fashion_mnist", "lenet5", 0.8912, 61706))
+    write_json(m / "fmnist_lenet5" / "verdict.json", {"status": "accepted", "reasons": []})
+    write_json(m / "fmnist_lenet5" / "accepted.json", metrics("fmnist_lenet5", "fashion_mnist", "lenet5",
+                                                              0.8912, 61706))
+    write_json(m / "cifar_resnet20" / "test.json", metrics("cifar_resnet20", "cifar10", "resnet20", 0.6543, 272474))
+    write_json(m / "cifar_resnet20" / "verdict.json", {"status": "rejected", "reasons": ["x"]})
+    write_json(m / "cifar_lenet5" / "test.json", metrics("cifar_lenet5", "cifar10", "lenet5", 0.5012, 62006))
+    write_json(m / "fmnist_lenet5" / "train.json",
                {"experiment": "fmnist_lenet5", "train_time_s": 95.0, "images_per_s": 1900.0,
                 "mlflow_run_id": None, "registered_model_version": None})
-    write_json(tmp_path / "models" / "cifar_resnet20" / "train_metrics.json",
+    write_json(m / "cifar_resnet20" / "train.json",
                {"experiment": "cifar_resnet20", "train_time_s": 4000.0, "images_per_s": 190.0})
     return tmp_path
 
 
 def test_companion_files_are_not_rows(fixture_repo):
-    names = [p.name for p in metrics_files(fixture_repo / "metrics")]
-    assert names == ["lenet5.json", "resnet20.json", "lenet5.json"]
+    names = [p.relative_to(fixture_repo / "metrics").as_posix() for p in metrics_files(fixture_repo / "metrics")]
+    assert names == ["cifar_lenet5/test.json", "cifar_resnet20/test.json", "fmnist_lenet5/test.json"]
+
+
+def test_a_metrics_file_of_another_experiment_is_an_error(fixture_repo):
+    write_json(fixture_repo / "metrics" / "copied" / "test.json",
+               metrics("cifar_lenet5", "cifar10", "lenet5", 0.5, 62006))
+    with pytest.raises(EvaluationError, match="holds experiment 'cifar_lenet5', but its directory names 'copied'"):
+        collect_rows(fixture_repo / "metrics")
 
 
 def test_report_renders_from_fixture_metrics(fixture_repo):
     from PIL import Image
 
-    summary = build_report(fixture_repo / "metrics", fixture_repo / "models", fixture_repo / "reports",
+    summary = build_report(fixture_repo / "metrics", fixture_repo / "reports",
                            use_mlflow=False, log=lambda *_: None)
     text = summary.read_text()
     lines = text.splitlines()
@@ -79,14 +86,14 @@ def test_report_takes_run_time_and_champion_from_mlflow(fixture_repo, tmp_path):
     experiment_id = client.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
     run = client.create_run(experiment_id, start_time=1_000_000)
     client.set_terminated(run.info.run_id, end_time=1_000_000 + 100_000)  # 100 s, in ms
-    client.create_registered_model("cifar10-lenet5")
-    version = client.create_model_version("cifar10-lenet5", "file:///nowhere", run_id=run.info.run_id)
-    client.set_registered_model_alias("cifar10-lenet5", "champion", version.version)
-    write_json(fixture_repo / "models" / "cifar_lenet5" / "train_metrics.json",
-               {"mlflow_run_id": run.info.run_id, "registered_model_name": "cifar10-lenet5",
+    client.create_registered_model("cifar_lenet5")
+    version = client.create_model_version("cifar_lenet5", "file:///nowhere", run_id=run.info.run_id)
+    client.set_registered_model_alias("cifar_lenet5", "champion", version.version)
+    write_json(fixture_repo / "metrics" / "cifar_lenet5" / "train.json",
+               {"mlflow_run_id": run.info.run_id, "registered_model_name": "cifar_lenet5",
                 "registered_model_version": str(version.version)})
     try:
-        summary = build_report(fixture_repo / "metrics", fixture_repo / "models", fixture_repo / "reports",
+        summary = build_report(fixture_repo / "metrics", fixture_repo / "reports",
                                tracking_uri=uri, log=lambda *_: None)
     finally:
         mlflow.set_tracking_uri(previous)
@@ -104,7 +111,7 @@ def test_unreachable_mlflow_is_a_note_not_a_failure(fixture_repo, monkeypatch):
     previous = mlflow.get_tracking_uri()
     notes = []
     try:
-        build_report(fixture_repo / "metrics", fixture_repo / "models", fixture_repo / "reports",
+        build_report(fixture_repo / "metrics", fixture_repo / "reports",
                      tracking_uri="http://127.0.0.1:9", log=notes.append)  # port 9: nothing listens
     finally:
         mlflow.set_tracking_uri(previous)
@@ -112,14 +119,15 @@ def test_unreachable_mlflow_is_a_note_not_a_failure(fixture_repo, monkeypatch):
 
 
 def test_unparseable_metrics_file_is_an_error_naming_it(fixture_repo):
-    bad = fixture_repo / "metrics" / "cifar10" / "vgg16.json"
+    bad = fixture_repo / "metrics" / "cifar_vgg16" / "test.json"
+    bad.parent.mkdir()
     bad.write_text('{"accuracy": ')
     with pytest.raises(EvaluationError, match="not valid JSON") as error:
-        collect_rows(fixture_repo / "metrics", fixture_repo / "models")
+        collect_rows(fixture_repo / "metrics")
     assert str(bad) in str(error.value)
     bad.write_text('{"accuracy": "high", "experiment": "x"}')
     with pytest.raises(EvaluationError, match="numeric 'accuracy'"):
-        collect_rows(fixture_repo / "metrics", fixture_repo / "models")
+        collect_rows(fixture_repo / "metrics")
 
 
 def test_cli_without_metrics_exits_2(tmp_path, monkeypatch, capsys):

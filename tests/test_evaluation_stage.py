@@ -15,13 +15,15 @@ import shutil
 import numpy as np
 import pytest
 
-from components.evaluation import EvaluateConfig, EvaluationError, experiment_specs
+from components.config import ConfigError
+from components.evaluation import EvaluateConfig, EvaluationError
 from components.evaluation.evaluate import evaluate_experiment
+from components.experiments import catalogue
 
 EXPERIMENT = "cifar_tiny"
 SPEC_YAML = f"experiments:\n  {EXPERIMENT}: {{dataset: cifar10, model: lenet5, recipe: fast}}\n"
 FAST = dict(batch_size=64, throughput_batches=2, latency_runs=3, warmup_runs=1, num_worst=9)
-MODEL_NAME = "cifar10-lenet5"
+MODEL_NAME = EXPERIMENT  # registered under the experiment's name
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -106,7 +108,7 @@ def write_train_metrics(root: pathlib.Path, run_id: str | None, version: str | N
 
 
 def run_stage(root: pathlib.Path, tracking_uri: str | None = None, **config):
-    specs = experiment_specs({"experiments": {EXPERIMENT: {"dataset": "cifar10", "model": "lenet5"}}})
+    specs = catalogue({"experiments": {EXPERIMENT: {"dataset": "cifar10", "model": "lenet5"}}}, root=root)
     return evaluate_experiment(specs[EXPERIMENT], EvaluateConfig(**{**FAST, **config}), specs, root=root,
                                tracking_uri=tracking_uri, log=lambda *_: None)
 
@@ -125,9 +127,9 @@ def test_evaluate_writes_every_output_logs_to_mlflow_and_promotes(repo, tracking
     write_train_metrics(repo, run_id, version)
     result = run_stage(repo, tracking["uri"])
     paths = result["paths"]
-    assert paths.metrics == repo / "metrics" / "cifar10" / "lenet5.json"
+    assert paths.test_metrics == repo / "metrics" / EXPERIMENT / "test.json"
 
-    metrics = json.loads(paths.metrics.read_text())
+    metrics = json.loads(paths.test_metrics.read_text())
     assert {"experiment", "accuracy", "top5_accuracy", "loss", "ece", "macro_precision", "macro_recall", "macro_f1",
             "images_per_s", "latency_ms", "params", "size_bytes", "per_class"} <= set(metrics)
     assert metrics["experiment"] == EXPERIMENT and metrics["examples"] == 100
@@ -167,7 +169,7 @@ def test_evaluate_writes_every_output_logs_to_mlflow_and_promotes(repo, tracking
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
     assert run.data.tags["evaluation_status"] == "accepted"
     logged = {pathlib.PurePosixPath(a.path).name for a in tracking["client"].list_artifacts(run_id, "evaluation")}
-    assert logged == {"lenet5.json", "lenet5.verdict.json", "confusion.json", "confusion.png", "worst.png"}
+    assert logged == {"test.json", "verdict.json", "confusion.json", "confusion.png", "worst.png"}
 
 
 def test_alias_moves_only_on_acceptance(repo, tracking, model_file, capsys, monkeypatch):
@@ -180,7 +182,7 @@ def test_alias_moves_only_on_acceptance(repo, tracking, model_file, capsys, monk
     write_train_metrics(repo, run_a, version_a)
     assert main(["--experiment", EXPERIMENT]) == 0
     assert champion(tracking) == version_a
-    accepted = repo / "metrics" / "cifar10" / "lenet5.accepted.json"
+    accepted = repo / "metrics" / EXPERIMENT / "accepted.json"
     accepted_before = accepted.read_text()
 
     # The same model again, but the floor is now above its accuracy: rejected, exit 1.
@@ -193,7 +195,7 @@ def test_alias_moves_only_on_acceptance(repo, tracking, model_file, capsys, monk
     assert f"evaluation of '{EXPERIMENT}' rejected" in err and "is below the minimum 0.9990" in err
     assert champion(tracking) == version_a  # not moved
     assert accepted.read_text() == accepted_before  # baseline untouched
-    verdict = json.loads((repo / "metrics" / "cifar10" / "lenet5.verdict.json").read_text())
+    verdict = json.loads((repo / "metrics" / EXPERIMENT / "verdict.json").read_text())
     assert verdict["status"] == "rejected" and verdict["registered_model"]["version"] == version_b
     assert tracking["client"].get_run(run_b).data.tags["evaluation_status"] == "rejected"
 
@@ -202,7 +204,7 @@ def test_alias_moves_only_on_acceptance(repo, tracking, model_file, capsys, monk
                                                   "throughput_batches: 1, batch_size: 64}\n")
     assert main(["--experiment", EXPERIMENT]) == 0
     assert "warning (evaluate.warn_only is true" in capsys.readouterr().err
-    assert json.loads((repo / "metrics" / "cifar10" / "lenet5.verdict.json").read_text())["status"] == "rejected"
+    assert json.loads((repo / "metrics" / EXPERIMENT / "verdict.json").read_text())["status"] == "rejected"
     assert champion(tracking) == version_a
 
 
@@ -210,7 +212,7 @@ def test_a_rejected_first_run_leaves_a_nothing_accepted_marker(repo):
     set_thresholds(repo, min_accuracy=0.999)
     first = run_stage(repo, warn_only=True)
     assert first["verdict"]["status"] == "rejected"
-    accepted = repo / "metrics" / "cifar10" / "lenet5.accepted.json"
+    accepted = repo / "metrics" / EXPERIMENT / "accepted.json"
     assert json.loads(accepted.read_text())["accepted"] is False  # DVC's declared output exists
     set_thresholds(repo, min_accuracy=0.0)
     second = run_stage(repo)  # the marker is no baseline: only the floor applies
@@ -221,7 +223,7 @@ def test_a_rejected_first_run_leaves_a_nothing_accepted_marker(repo):
 def test_regression_against_the_last_accepted_metrics(repo):
     first = run_stage(repo)  # no train_metrics.json: no MLflow, a warning only
     assert first["verdict"]["status"] == "accepted" and not first["logged"] and not first["promoted"]
-    accepted = repo / "metrics" / "cifar10" / "lenet5.accepted.json"
+    accepted = repo / "metrics" / EXPERIMENT / "accepted.json"
     baseline = json.loads(accepted.read_text())
     baseline["accuracy"] = round(first["metrics"]["accuracy"] + 0.05, 6)  # pretend the last accepted was better
     accepted.write_text(json.dumps(baseline))
@@ -285,7 +287,7 @@ def test_bad_thresholds_fail_before_scoring(repo, text, message):
 
 
 def test_unparseable_last_accepted_metrics(repo):
-    path = repo / "metrics" / "cifar10" / "lenet5.accepted.json"
+    path = repo / "metrics" / EXPERIMENT / "accepted.json"
     path.parent.mkdir(parents=True)
     path.write_text('{"accuracy": 0.9,')
     with pytest.raises(EvaluationError, match="not valid JSON") as error:
@@ -310,7 +312,7 @@ def test_cli_errors_exit_2_with_the_file_named(repo, monkeypatch, capsys):
 
     monkeypatch.chdir(repo)
     assert main(["--experiment", "nope"]) == 2
-    assert "params.yaml: no experiment 'nope'" in capsys.readouterr().err
+    assert "params.yaml: unknown experiment 'nope'" in capsys.readouterr().err
     (repo / "params.yaml").write_text(SPEC_YAML + "evaluate: {batch: 3}\n")
     assert main(["--experiment", EXPERIMENT]) == 2
     assert "params.yaml:evaluate: unknown key(s) ['batch']" in capsys.readouterr().err

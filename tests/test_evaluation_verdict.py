@@ -8,9 +8,8 @@ import pathlib
 import pytest
 
 from components.evaluation import EvaluationError
-from components.evaluation.config import (
-    EvaluateConfig, ExperimentSpec, experiment_specs, get_experiment, sharing_outputs,
-)
+from components.evaluation.config import EvaluateConfig
+from components.experiments import catalogue
 from components.evaluation.verdict import (
     ACCEPTED, REJECTED, Limits, decide, limits_for, load_baseline, load_thresholds, rejection_message,
 )
@@ -18,8 +17,8 @@ from components.evaluation.verdict import (
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATASETS = ["cifar10", "cifar100", "fashion_mnist", "mnist"]
 MODELS = ["baseline", "lenet5", "mlp", "resnet20", "vgg16"]
-SPECS = {"fmnist_lenet5": ExperimentSpec("fmnist_lenet5", "fashion_mnist", "lenet5"),
-         "cifar_resnet20": ExperimentSpec("cifar_resnet20", "cifar10", "resnet20")}
+SPECS = catalogue({"experiments": {"fmnist_lenet5": {"dataset": "fashion_mnist", "model": "lenet5"},
+                                   "cifar_resnet20": {"dataset": "cifar10", "model": "resnet20"}}})
 LIMITS = Limits(0.88, "t.yaml: min_accuracy.fashion_mnist.lenet5", 0.01, "t.yaml: defaults.max_drop")
 
 
@@ -114,9 +113,8 @@ def test_the_committed_thresholds_file_is_valid():
     from components.models import list_models
 
     from components.config import load_params
-    from components.evaluation import experiment_specs
 
-    specs = experiment_specs(load_params(REPO / "params.yaml"), "params.yaml")
+    specs = catalogue(load_params(REPO / "params.yaml"), "params.yaml")
     thresholds = load_thresholds(REPO / "thresholds.yaml", specs, list_datasets(), list_models())
     assert thresholds.min_accuracy["fashion_mnist"]["lenet5"] == 0.88
     assert 0 < thresholds.defaults.max_drop <= 0.05
@@ -165,11 +163,13 @@ def test_the_nothing_accepted_marker_is_no_baseline(tmp_path):
     assert load_baseline(path, "x") is None
 
 
-def test_a_baseline_of_another_experiment_is_not_used(tmp_path):
+def test_a_baseline_of_another_experiment_is_an_error(tmp_path):
+    """Each experiment has its own accepted.json: another's there is a copied or stale file, never borrowed."""
     path = write(tmp_path / "a.json", json.dumps({"experiment": "cifar10-resnet18-tutorial", "accuracy": 0.9}))
-    notes = []
-    assert load_baseline(path, "cifar10-resnet18-cosine", notes.append) is None
-    assert "holds experiment 'cifar10-resnet18-tutorial'" in notes[0]
+    with pytest.raises(EvaluationError, match="holds the accepted metrics of experiment 'cifar10-resnet18-tutorial', "
+                                              "expected 'cifar10-resnet18-cosine'") as error:
+        load_baseline(path, "cifar10-resnet18-cosine")
+    assert str(path) in str(error.value)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -185,33 +185,6 @@ def test_unparseable_baseline_is_an_error_naming_the_file(tmp_path, text, messag
 
 
 # ----------------------------------------------------------------------------- params
-def test_experiment_specs_read_experiments_and_zoo_like_the_train_stage():
-    params = {"experiments": {"a": {"dataset": "cifar10", "model": "resnet20", "recipe": "r", "overrides": {}}},
-              "zoo": {"a": {"dataset": "mnist", "model": "mlp"}, "z": {"dataset": "cifar10", "model": "resnet20"}}}
-    specs = experiment_specs(params)
-    spec = get_experiment(specs, "a")  # 'experiments' wins over 'zoo' for the same name
-    assert (spec.dataset, spec.model, spec.section) == ("cifar10", "resnet20", "experiments")
-    assert spec.registered_model_name == "cifar10-resnet20"
-    assert specs["z"].section == "zoo"
-    assert sharing_outputs(specs, spec) == ["z"]  # same (dataset, model): same metrics file
-
-
-@pytest.mark.parametrize("params, message", [
-    ({}, "no experiments; expected a mapping 'experiments'"),
-    ({"experiments": ["a"]}, "'experiments' must be a mapping"),
-    ({"experiments": {"a": {"dataset": "cifar10"}}}, "experiments.a.model must be a non-empty string, got None"),
-    ({"zoo": {"a": "cifar10-lenet5"}}, "zoo.a must be a mapping with 'dataset' and 'model'"),
-])
-def test_bad_experiment_lists(params, message):
-    with pytest.raises(EvaluationError, match=message):
-        experiment_specs(params, "p.yaml")
-
-
-def test_unknown_experiment_suggests_the_closest():
-    with pytest.raises(EvaluationError, match="no experiment 'fmnist_lenet' .*Did you mean 'fmnist_lenet5'"):
-        get_experiment(SPECS, "fmnist_lenet", "p.yaml")
-
-
 def test_evaluate_config_checks_values():
     from components.config import ConfigError, from_dict
 

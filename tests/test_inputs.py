@@ -232,16 +232,32 @@ def test_config_comes_from_params_and_rejects_bad_values():
 
 
 def test_tf_data_service_runs_the_training_pipeline(cifar):
-    dispatcher = tf.data.experimental.service.DispatchServer()
+    """Batches come from the service's workers: in parallel_epochs mode each of two workers
+    produces a whole (identically seeded) epoch, so every batch of the local pipeline
+    arrives exactly twice; read locally, each would arrive once."""
+    import time
+
+    service = tf.data.experimental.service
+    dispatcher = service.DispatchServer()
     address = dispatcher.target.split("://")[1]
-    worker = tf.data.experimental.service.WorkerServer(
-        tf.data.experimental.service.WorkerConfig(dispatcher_address=address))
-    config = InputConfig(batch_size=32, data_service=dispatcher.target)
+    workers = [service.WorkerServer(service.WorkerConfig(dispatcher_address=address)) for _ in range(2)]
+    deadline = time.monotonic() + 60
+    while dispatcher._num_workers() < 2:  # workers register asynchronously
+        assert time.monotonic() < deadline, f"{dispatcher._num_workers()} of 2 workers registered after 60 s"
+        time.sleep(0.05)
     info = check_prepared(cifar)
-    batches = list(build_dataset(cifar, "train", config, training=True))
-    assert len(batches) == steps_per_epoch(info, "train", 32, drop_remainder=True)  # one epoch, once
-    assert all(x.shape == (32, 32, 32, 3) and x.dtype == tf.uint8 for x, _ in batches)
-    del worker, dispatcher
+    local = InputConfig(batch_size=32)
+    config = dataclasses.replace(local, data_service=dispatcher.target, data_service_mode="parallel_epochs")
+
+    def batch_keys(dataset):
+        return collections.Counter(x.numpy().tobytes() + y.numpy().tobytes() for x, y in dataset)
+
+    served = list(build_dataset(cifar, "train", config, training=True))
+    assert all(x.shape == (32, 32, 32, 3) and x.dtype == tf.uint8 for x, _ in served)
+    expected = batch_keys(build_dataset(cifar, "train", local, training=True))
+    assert sum(expected.values()) == steps_per_epoch(info, "train", 32, drop_remainder=True)
+    assert batch_keys(served) == collections.Counter({key: 2 * count for key, count in expected.items()})
+    del workers, dispatcher
 
 
 def test_inspect_writes_a_labelled_grid(cifar, mnist, tmp_path):

@@ -75,19 +75,36 @@ def test_crop_and_shift_keep_size_and_cut_a_window_of_the_zero_padded_image(op, 
     assert len(offsets) > 3  # offsets really vary across the batch
 
 
-def test_cutout_erases_one_clipped_square_with_the_mean():
-    size = 4
-    images, labels = run_ops(("cutout",), params=AugmentParams(cutout_size=size))
+def cutout_mask(centre_y, centre_x, size: int, height: int, width: int) -> np.ndarray:
+    """[n, H, W] bool: the ``size`` x ``size`` square at each centre (top-left at centre - size // 2),
+    clipped at the border, written out pixel by pixel."""
+    mask = np.zeros((len(centre_y), height, width), bool)
+    for index, (cy, cx) in enumerate(zip(centre_y, centre_x)):
+        for row in range(cy - size // 2, cy - size // 2 + size):
+            for col in range(cx - size // 2, cx - size // 2 + size):
+                if 0 <= row < height and 0 <= col < width:
+                    mask[index, row, col] = True
+    return mask
+
+
+@pytest.mark.parametrize("size", [4, 0])  # 0: half the shorter side (5 px here)
+def test_cutout_erases_one_clipped_square_with_the_mean(size):
+    params = AugmentParams(cutout_size=size)
+    images, labels = run_ops(("cutout",), params=params)
     np.testing.assert_array_equal(labels, LABELS)
     assert images.dtype == np.uint8
-    for image, source in zip(images, RGB):
-        changed = (image != source).any(axis=-1)
-        rows, cols = np.nonzero(changed)
-        if rows.size:
-            assert rows.max() - rows.min() < size and cols.max() - cols.min() < size
-            np.testing.assert_array_equal(image[rows, cols], np.broadcast_to(FILL, (rows.size, 3)))
-    default, _ = run_ops(("cutout",))  # size 0: half the shorter side (5 px here)
-    assert (default != RGB).any(axis=-1).sum(axis=(1, 2)).max() <= 25
+    draws = aug.sample_draws(("cutout",), params, SEED, 16, RGB.shape[1:])
+    centre_y, centre_x = draws["cutout_y"].numpy(), draws["cutout_x"].numpy()
+    assert draws["cutout_on"].numpy().all()  # probability 1: every image
+    side = size or 5
+    mask = cutout_mask(centre_y, centre_x, side, *RGB.shape[1:3])
+    # Exactly the square (clipped) takes the fill, every other pixel is the source's.
+    np.testing.assert_array_equal(images, np.where(mask[..., None], np.array(FILL, np.uint8), RGB))
+    areas = mask.sum(axis=(1, 2))
+    assert (areas > 0).all()  # the centre is inside the image, so something is always erased
+    assert (areas == side * side).any() and (areas < side * side).any()  # whole squares and clipped ones
+    never, _ = run_ops(("cutout",), params=AugmentParams(cutout_size=size, cutout_probability=0.0))
+    np.testing.assert_array_equal(never, RGB)
 
 
 def test_mixup_blends_images_and_labels_with_the_same_weights():

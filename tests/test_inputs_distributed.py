@@ -1,4 +1,4 @@
-"""The pipeline feeds a Keras model under MirroredStrategy on two logical CPU devices.
+"""The pipeline feeds a Keras model under MirroredStrategy on two or three logical CPU devices.
 
 Logical devices must be configured before TensorFlow initialises its devices, which the
 other tests have long done in this process, so the check runs in a fresh interpreter.
@@ -10,8 +10,10 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO
-from tests.test_inputs import prepared_dir
+import pytest
+
+from tests.conftest import REPO, prepare_synthetic
+from tests.test_inputs import prepared_dir, read_split
 
 SCRIPT = r"""
 import json, sys
@@ -70,3 +72,85 @@ def test_pipeline_trains_a_model_under_mirrored_strategy(tmp_path_factory):
     losses = result["losses"] + result["plain_losses"]
     assert all(0 < loss < 10 for loss in losses), losses
     assert 0 <= result["evaluate"]["accuracy"] <= 1 and result["evaluate"]["loss"] < 10
+
+
+EVALUATION_SCRIPT = r"""
+import json, sys
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 3)
+import keras
+from components.inputs import InputConfig, build_dataset, check_prepared, distributed_dataset, normalization_layer
+
+
+class Seen(keras.metrics.Metric):
+    # Which examples were scored: how many, and the sum and sum of squares of their labels.
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.totals = self.add_variable(shape=(3,), initializer="zeros", name="totals")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        labels = tf.cast(tf.reshape(y_true, [-1]), "float32")
+        self.totals.assign_add(tf.stack([tf.cast(tf.size(labels), "float32"), tf.reduce_sum(labels),
+                                         tf.reduce_sum(labels * labels)]))
+
+    def result(self):
+        return self.totals
+
+
+def compiled(model):
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy", Seen(name="seen")])
+    return model
+
+
+data_dir = sys.argv[1]
+info = check_prepared(data_dir)
+keras.utils.set_random_seed(0)
+def make():
+    return keras.Sequential([keras.Input(tuple(info["image_shape"]), dtype="uint8"), normalization_layer(info),
+                             keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D(),
+                             keras.layers.Dense(info["num_classes"])])
+single = compiled(make())
+result = {"examples": info["splits"]["test"]["examples"]}
+for replicas, global_batch in ((2, 32), (3, 30)):
+    config = InputConfig(batch_size=global_batch)
+    reference = single.evaluate(build_dataset(data_dir, "test", config, training=False), verbose=0, return_dict=True)
+    strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
+    with strategy.scope():
+        model = make()
+        model.set_weights(single.get_weights())
+        compiled(model)
+    figures = {"single": reference}
+    for route in ("plain", "input_context"):
+        data = (build_dataset(data_dir, "test", config, training=False) if route == "plain" else
+                distributed_dataset(strategy, data_dir, "test", config, training=False))
+        figures[route] = model.evaluate(data, verbose=0, return_dict=True)
+    result[f"{replicas}x{global_batch}"] = figures
+print("RESULT " + json.dumps(result, default=lambda v: [float(x) for x in v]))
+"""
+
+
+@pytest.mark.parametrize("test_examples", [17, 33])
+def test_evaluation_under_a_strategy_scores_every_example_once(tmp_path, test_examples):
+    """17: the first global batch splits unevenly (9/8, or 16/1 per replica); 33: the last one
+    leaves replicas empty. Every route, every replica count: the single-device figures."""
+    data_dir = prepare_synthetic(tmp_path / "data", 200, test_examples, {"train": 2, "validation": 1, "test": 1})
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    completed = subprocess.run([sys.executable, "-c", EVALUATION_SCRIPT, str(data_dir)], capture_output=True,
+                               text=True, env=env, cwd=REPO, timeout=300)
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    assert completed.returncode == 0 and lines, completed.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    labels = [label for label, _ in read_split(data_dir, "test")]
+    expected_seen = [len(labels), sum(labels), sum(label * label for label in labels)]
+    assert result["examples"] == test_examples == len(labels)
+    for setup in ("2x32", "3x30"):
+        single = result[setup]["single"]
+        assert single["seen"] == expected_seen
+        for route in ("plain", "input_context"):
+            figures = result[setup][route]
+            assert figures["seen"] == expected_seen, (setup, route)
+            assert figures["accuracy"] == pytest.approx(single["accuracy"], abs=1e-6), (setup, route)
+            assert figures["loss"] == pytest.approx(single["loss"], rel=1e-5), (setup, route)

@@ -3,18 +3,23 @@ a second Beam runner, and every kind of bad input."""
 import dataclasses
 import gzip
 import json
+import os
 import pathlib
+import re
+import socket
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from components.data import DataError, schema
-from components.data.prepare import PrepareConfig, make_runner, pipeline_options, prepare_dataset
+from components.data.prepare import (PrepareConfig, SyntheticConfig, make_runner, pipeline_options, prepare_dataset,
+                                     process_is_alive)
 from pipeline import prepare as prepare_cli
-from tests.conftest import REPO, require_shared, write_idx_labels
+from tests.conftest import REPO, read_tar_gz_entries, require_shared, write_idx_labels, write_tar_gz_entries
 
 FAST = PrepareConfig(direct_running_mode="in_memory", direct_num_workers=1,
                      num_shards={"train": 3, "validation": 1, "test": 2}, block_size=128)
@@ -89,7 +94,8 @@ def test_the_direct_runner_is_beams_fnapi_runner_never_prism(tmp_path, mnist_dir
 
 
 def test_dask_runner_writes_the_same_shards(tmp_path, mnist_dir):
-    distributed = pytest.importorskip("distributed")
+    import distributed  # a declared dependency (apache-beam[dask]): missing or broken must fail, not skip
+
     raw_dir, _ = mnist_dir
     direct, dask = tmp_path / "direct", tmp_path / "dask"
     prepare_dataset("mnist", FAST, str(raw_dir), str(direct), log=lambda *_: None)
@@ -146,8 +152,8 @@ def fast_params(tmp_path):
 
 def assert_failed_cleanly(result, out: pathlib.Path, *fragments):
     assert result.returncode == 1, result.stderr
-    message = result.stderr.strip().splitlines()
-    assert message[-1].startswith("prepare: error: ") or any(m.startswith("prepare: error: ") for m in message)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prepare: error: "), result.stderr  # one line, nothing else
     for fragment in fragments:
         assert fragment in result.stderr
     assert "Traceback" not in result.stderr
@@ -171,8 +177,8 @@ def test_bad_archives_fail_with_one_clear_message(tmp_path, mnist_dir, fast_para
         fragments = ["train-images-idx3-ubyte.gz: not a valid gzip file"]
     else:
         write_idx_labels(labels, np.full(300, 12))
-        fragments = ["300 example(s) failed validation", "label out of range [0, 10)",
-                     "train-images-idx3-ubyte.gz"]
+        fragments = [f"prepare: error: {raw_dir / 'train-images-idx3-ubyte.gz'}: 300 example(s) failed validation "
+                     "in mnist (max_rejected is 0): ", "label out of range [0, 10)"]
     result = run_cli("--dataset", "mnist", "--raw-dir", str(raw_dir), "--out-dir", str(out), params=fast_params)
     assert_failed_cleanly(result, out, *fragments)
     assert (out / "previous-marker").exists()
@@ -187,6 +193,75 @@ def test_a_worker_process_failing_still_gives_one_clear_message(tmp_path, cifar1
                      params=REPO / "params.yaml")  # two worker processes, as by default
     assert_failed_cleanly(result, out, "cifar-10-binary.tar.gz: truncated or corrupt tar.gz archive")
     assert not out.exists()
+
+
+def test_a_repeated_tar_member_fails_every_part_in_one_line(tmp_path, cifar10_dir):
+    raw_dir, _ = cifar10_dir
+    archive = raw_dir / "cifar-10-binary.tar.gz"
+    entries = read_tar_gz_entries(archive)
+    again = tarfile.TarInfo("cifar-10-batches-bin/data_batch_1.bin")
+    write_tar_gz_entries(archive, entries + [(again, bytes(3073))])  # a second reading, after every member
+    out = tmp_path / "out"
+    result = run_cli("--dataset", "cifar10", "--raw-dir", str(raw_dir), "--out-dir", str(out),
+                     params=REPO / "params.yaml")  # two parts: the first stops before the repeat, the last does not
+    assert_failed_cleanly(result, out)
+    assert result.stderr == (f"prepare: error: {archive}: member 'cifar-10-batches-bin/data_batch_1.bin' appears "
+                             "twice (members 1 and 8); each name must appear once\n")
+    assert not out.exists()
+
+
+def test_rejections_are_summed_per_file_on_one_line(tmp_path, mnist_dir):
+    raw_dir, _ = mnist_dir
+    train_labels = np.arange(300) % 10
+    train_labels[[3, 200, 250]] = 11  # in blocks 1 and 2 of 128 examples: two reports, one line
+    write_idx_labels(raw_dir / "train-labels-idx1-ubyte.gz", train_labels)
+    write_idx_labels(raw_dir / "t10k-labels-idx1-ubyte.gz", np.full(100, 10))
+    with pytest.raises(DataError) as caught:
+        prepare_dataset("mnist", FAST, str(raw_dir), str(tmp_path / "out"), log=lambda *_: None)
+    test_file, train_file = raw_dir / "t10k-images-idx3-ubyte.gz", raw_dir / "train-images-idx3-ubyte.gz"
+    assert str(caught.value) == (
+        f"{test_file}: 103 example(s) failed validation in mnist (max_rejected is 0): "
+        f"{test_file}: 100 example(s) rejected, label out of range [0, 10) (values [10]) (first: test/000000); "
+        f"{train_file}: 3 example(s) rejected, label out of range [0, 10) (values [11]) (first: train/000003)")
+
+
+def leftover_host() -> str:
+    """This machine's name as prepare writes it into leftover names ('-' and other signs as '_')."""
+    return re.sub(r"[^A-Za-z0-9._]", "_", socket.gethostname())
+
+
+def test_later_runs_remove_what_killed_runs_left_and_only_that(tmp_path):
+    dead_process = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_process.wait()  # reaped: its pid names no process now
+    live_process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    dead, live, host = dead_process.pid, live_process.pid, leftover_host()
+    try:
+        assert not process_is_alive(dead) and process_is_alive(live) and process_is_alive(os.getpid())
+        assert process_is_alive(0) and process_is_alive(-1)  # process groups, never "dead"
+        out = tmp_path / "out"
+        removed = [f".out.tmp-{dead}", f".out.tmp-{host}-{dead}", f".out.old-20240101120000-{host}-{dead}"]
+        kept = [f".out.tmp-{live}", f".out.tmp-{host}-{live}", f".out.old-20240101120000-{host}-{live}",
+                f".out.tmp-otherhost-{dead}",  # another machine's run on a shared mount: its pid means nothing here
+                f".other.tmp-{dead}", f".out.tmp-{dead}.bak", "out.tmp-1", ".out.tmp-0", ".out.tmp-x"]
+        for name in removed + kept:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "shard").write_bytes(bytes(1000))
+        (tmp_path / f".out.old-20240101120000-{dead}").write_text("")  # a dead run's name, but a file
+        logged = []
+        config = dataclasses.replace(FAST, source="synthetic", synthetic=SyntheticConfig(100, 20))
+        prepare_dataset("cifar10", config, str(tmp_path / "raw"), str(out), log=logged.append)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["out", f".out.old-20240101120000-{dead}"])
+        for name in removed[:2]:
+            assert f"[prepare] removed {tmp_path / name}, left by a killed run (pid {dead})" in logged
+        # The parked previous output is the only copy while out is missing: kept, then removed once out exists.
+        old = tmp_path / removed[2]
+        assert logged.index(f"[prepare] kept {old}: a killed run (pid {dead}) parked the previous output there, "
+                            f"and {out} is missing") < logged.index(
+            f"[prepare] removed {old}, left by a killed run (pid {dead})")
+        assert (tmp_path / f".out.tmp-{host}-{live}" / "shard").read_bytes() == bytes(1000)
+    finally:
+        live_process.kill()
+        live_process.wait()
 
 
 def test_max_rejected_lets_known_bad_examples_through(tmp_path, mnist_dir):

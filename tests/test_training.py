@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
@@ -19,7 +19,6 @@ import yaml
 from components.config import ConfigError, from_dict
 from components.training.config import OptimizerConfig, RecipeConfig, ScheduleConfig, resolve_experiment
 from components.training.schedules import RecipeSchedule, build_optimizer, build_schedule
-from tests.conftest import REPO
 
 
 def schedule_at(steps, peak=1.0, steps_per_epoch=10, epochs=10, **config):
@@ -91,7 +90,7 @@ def test_bad_recipes_are_rejected(recipe, message):
 
 def test_unknown_experiment_model_and_recipe():
     params = {"recipes": {"r": {}}, "experiments": {"e": {"dataset": "cifar10", "model": "resnet21", "recipe": "r"}}}
-    with pytest.raises(ConfigError, match="unknown experiment 'x'; defined under 'experiments' or 'zoo': e"):
+    with pytest.raises(ConfigError, match="unknown experiment 'x'; defined under experiments or zoo: e"):
         resolve_experiment("x", params)
     with pytest.raises(ValueError, match="unknown model 'resnet21'. Did you mean .*'resnet20'"):
         resolve_experiment("e", params)
@@ -112,13 +111,14 @@ def prepared(tmp_path_factory):
     return root
 
 
-def write_params(root: pathlib.Path, epochs: int = 2, model: str = "lenet5", **train) -> pathlib.Path:
+def write_params(root: pathlib.Path, epochs: int = 2, model: str = "lenet5", recipe: dict | None = None,
+                 **train) -> pathlib.Path:
     params = {
-        "train": {"data_root": str(root / "data"), "models_dir": str(root / "models"),
-                  "checkpoints_dir": str(root / "checkpoints"), "input": {"shuffle_buffer": 1000},
-                  **train},
+        "prepare": {"out_root": str(root / "data")},
+        "train": {"models_dir": str(root / "models"), "checkpoints_dir": str(root / "checkpoints"),
+                  "input": {"shuffle_buffer": 1000}, **train},
         "recipes": {"quick": {"optimizer": {"name": "sgd", "learning_rate": 0.05, "momentum": 0.9},
-                              "schedule": {"name": "cosine"}, "epochs": epochs, "batch_size": 32}},
+                              "schedule": {"name": "cosine"}, "epochs": epochs, "batch_size": 32, **(recipe or {})}},
         "experiments": {"tiny": {"dataset": "cifar10", "model": model, "recipe": "quick",
                                  "model_hparams": {"activation": "relu"} if model == "lenet5" else {}}},
     }
@@ -128,9 +128,36 @@ def write_params(root: pathlib.Path, epochs: int = 2, model: str = "lenet5", **t
 
 
 def run_train(params: pathlib.Path, *args, env=None, **kwargs):
+    """The stage in a subprocess, run from the params file's directory (its relative outputs land there)."""
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     return subprocess.run([sys.executable, "-m", "pipeline.train", "--experiment", "tiny", "--params", str(params),
-                           *args], cwd=REPO, capture_output=True, text=True, env=environment, timeout=600, **kwargs)
+                           *args], cwd=params.parent, capture_output=True, text=True, env=environment, timeout=600,
+                          **kwargs)
+
+
+def killed_at(point: str) -> dict:
+    """The environment that makes the stage SIGKILL itself at ``point`` (components.training.callbacks.kill_point)."""
+    from components.training.callbacks import KILL_AT_ENV
+
+    return {KILL_AT_ENV: point}
+
+
+def read_history(model_dir: pathlib.Path, columns=("epoch", "loss", "accuracy", "val_loss", "val_accuracy",
+                                                   "learning_rate")) -> list[tuple[str, ...]]:
+    """history.csv's rows, without the timing columns (they never repeat)."""
+    import csv
+
+    with open(model_dir / "history.csv") as handle:
+        return [tuple(row[c] for c in columns) for row in csv.DictReader(handle)]
+
+
+def steps_per_epoch(stdout: str) -> int:
+    """Steps per epoch from the stage's first line (``... 5 epochs x 18 steps of 32 ...``)."""
+    return int(re.search(r" epochs x (\d+) steps of ", stdout).group(1))
+
+
+def exported_weights(model_dir: pathlib.Path) -> list[np.ndarray]:
+    return keras.saving.load_model(model_dir / "model.keras").get_weights()
 
 
 def test_two_epochs_are_tracked_in_mlflow(prepared, tmp_path):
@@ -139,12 +166,13 @@ def test_two_epochs_are_tracked_in_mlflow(prepared, tmp_path):
     root = tmp_path
     (root / "data").symlink_to(prepared / "data")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    result = run_train(write_params(root), env={"MLFLOW_TRACKING_URI": uri})
+    # Label smoothing trains on one-hot rows: the logged input config must say so.
+    result = run_train(write_params(root, recipe={"label_smoothing": 0.1}), env={"MLFLOW_TRACKING_URI": uri})
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("[train] epoch") == 2
     model_dir = root / "models" / "tiny"
     metrics = json.loads((model_dir / "train_metrics.json").read_text())
-    assert metrics["epochs"] == 2 and metrics["registered_model_name"] == "cifar10-lenet5"
+    assert metrics["epochs"] == 2 and metrics["registered_model_name"] == "tiny"
     assert sorted(p.name for p in model_dir.iterdir()) == ["history.csv", "learning_curves.png", "model.keras",
                                                           "model_summary.txt", "train_metrics.json"]
     assert not (root / "checkpoints" / "tiny").exists()  # finished runs leave nothing to resume
@@ -155,6 +183,7 @@ def test_two_epochs_are_tracked_in_mlflow(prepared, tmp_path):
     assert client.get_experiment(run.info.experiment_id).name == "cifar10"
     params = run.data.params
     assert params["model"] == "lenet5" and params["recipe.optimizer.name"] == "sgd" and params["recipe.epochs"] == "2"
+    assert params["recipe.label_smoothing"] == "0.1" and params["input.labels"] == "one_hot"
     assert run.data.tags["dvc_stage"] == "train@tiny" and len(run.data.tags["git_commit"]) >= 7
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2]
     for name in ("loss", "accuracy", "val_loss", "learning_rate", "epoch_time_s", "images_per_s"):
@@ -163,8 +192,11 @@ def test_two_epochs_are_tracked_in_mlflow(prepared, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"history.csv", "learning_curves.png", "model_summary.txt", "train_metrics.json", "model"} <= artifacts
     assert run.inputs.dataset_inputs[0].dataset.name == "cifar10"
-    version = client.get_model_version("cifar10-lenet5", metrics["registered_model_version"])
+    version = client.get_model_version("tiny", metrics["registered_model_version"])
     assert version.run_id == run.info.run_id
+    # The run's train_metrics.json is the published file, byte for byte, run id and version included.
+    logged_metrics = pathlib.Path(client.download_artifacts(run.info.run_id, "train_metrics.json", str(root)))
+    assert logged_metrics.read_bytes() == (model_dir / "train_metrics.json").read_bytes()
     logged = mlflow.models.Model.load(run.info.artifact_uri.removeprefix("file://") + "/model")
     assert logged.signature is not None and logged.saved_input_example_info is not None
     # The exported model takes raw uint8 images: normalisation is inside.
@@ -175,38 +207,144 @@ def test_two_epochs_are_tracked_in_mlflow(prepared, tmp_path):
     np.testing.assert_allclose(logits, keras.ops.convert_to_numpy(exported(raw.astype(np.float32))), rtol=1e-6)
 
 
-def test_killed_run_resumes_from_last_completed_epoch(prepared, tmp_path):
+def test_model_directory_is_complete_before_it_is_published(prepared, tmp_path):
+    """Killed just before the rename: the previous directory is untouched, and the one set
+    aside already holds everything, MLflow's run id and registered version included."""
     import mlflow
 
     (tmp_path / "data").symlink_to(prepared / "data")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    params = write_params(tmp_path, epochs=5)
-    state = tmp_path / "checkpoints" / "tiny" / "state.json"
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_TRACKING_URI": uri}
-    process = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--experiment", "tiny", "--params", str(params)],
-                               cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        if state.exists() and json.loads(state.read_text())["completed_epochs"] >= 2:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    completed = json.loads(state.read_text())["completed_epochs"]
-    assert 2 <= completed < 5, "the run should have been killed mid-training"
+    params = write_params(tmp_path, epochs=1)
+    models = tmp_path / "models"
+    (models / "tiny").mkdir(parents=True)
+    (models / "tiny" / "previous.txt").write_text("the previous complete model directory\n")
+    expected = ["history.csv", "learning_curves.png", "model.keras", "model_summary.txt", "train_metrics.json"]
+
+    killed = run_train(params, env={"MLFLOW_TRACKING_URI": uri, **killed_at("model-staged")})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert sorted(p.name for p in (models / "tiny").iterdir()) == ["previous.txt"]
+    staged = models / ".tiny.staged"
+    assert sorted(p.name for p in staged.iterdir()) == expected
+    staged_metrics = json.loads((staged / "train_metrics.json").read_text())
+    assert staged_metrics["mlflow_run_id"] and staged_metrics["registered_model_version"]
+    assert staged_metrics["registered_model_name"] == "tiny"
+
+    result = run_train(params, env={"MLFLOW_TRACKING_URI": uri})  # resumes after the last epoch: export only
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[train] epoch" not in result.stdout
+    assert sorted(p.name for p in models.iterdir()) == ["tiny"]  # nothing set aside is left behind
+    assert sorted(p.name for p in (models / "tiny").iterdir()) == expected
+    published = (models / "tiny" / "train_metrics.json").read_bytes()
+    metrics = json.loads(published)
+    assert metrics["mlflow_run_id"] == staged_metrics["mlflow_run_id"]  # the same run, continued
+    client = mlflow.MlflowClient(uri)
+    assert client.get_model_version("tiny", metrics["registered_model_version"]).run_id == metrics["mlflow_run_id"]
+    logged = client.download_artifacts(metrics["mlflow_run_id"], "train_metrics.json", str(tmp_path))
+    assert pathlib.Path(logged).read_bytes() == published
+
+
+def test_killed_run_resumes_from_last_completed_epoch(prepared, tmp_path):
+    """Killed inside epoch 3's checkpoint write (weights on disk, state not committed), then
+    restarted with the same command: it continues after epoch 2 with epoch 2's weights,
+    optimizer step, momentum and schedule, and, deterministic, ends exactly where an
+    uninterrupted run of the same recipe ends."""
+    import mlflow
+
+    (tmp_path / "data").symlink_to(prepared / "data")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = write_params(tmp_path, epochs=5, deterministic=True)
+    checkpoints = tmp_path / "checkpoints" / "tiny"
+
+    killed = run_train(params, env={"MLFLOW_TRACKING_URI": uri, **killed_at("checkpoint-written:3")})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert killed.stdout.count("[train] epoch") == 2  # epoch 3 trained, its checkpoint half-written
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch-0002", "epoch-0003.tmp"]
+    assert sorted(p.name for p in (checkpoints / "epoch-0003.tmp").iterdir()) == ["model.weights.h5", "state.json"]
     assert not (tmp_path / "models" / "tiny").exists()
 
     result = run_train(params, env={"MLFLOW_TRACKING_URI": uri})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"resuming tiny after epoch {completed} of 5" in result.stdout
-    assert result.stdout.count("[train] epoch") == 5 - completed
-    history = (tmp_path / "models" / "tiny" / "history.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3", "4", "5"]
-    metrics = json.loads((tmp_path / "models" / "tiny" / "train_metrics.json").read_text())
+    steps = steps_per_epoch(result.stdout)
+    assert f"resuming tiny after epoch 2 of 5 at optimizer step {2 * steps} " in result.stdout
+    assert result.stdout.count("[train] epoch") == 3
+
+    reference_root = tmp_path / "reference"
+    reference_root.mkdir()
+    (reference_root / "data").symlink_to(prepared / "data")
+    reference = run_train(write_params(reference_root, epochs=5, deterministic=True), "--no-tracking")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    model_dir, reference_dir = tmp_path / "models" / "tiny", reference_root / "models" / "tiny"
+    history, reference_history = read_history(model_dir), read_history(reference_dir)
+    assert [row[0] for row in history] == ["1", "2", "3", "4", "5"]
+    # Same learning rate each epoch (the schedule continued at the restored step), same
+    # losses (epoch 2's weights, momentum and data order restored), same final weights.
+    assert history == reference_history
+    metrics = json.loads((model_dir / "train_metrics.json").read_text())
+    reference_metrics = json.loads((reference_dir / "train_metrics.json").read_text())
+    assert metrics["weights_sha256"] == reference_metrics["weights_sha256"]
+    for ours, theirs in zip(exported_weights(model_dir), exported_weights(reference_dir), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
     client = mlflow.MlflowClient(uri)
     assert len(client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])) == 1
     steps = [m.step for m in client.get_metric_history(metrics["mlflow_run_id"], "val_accuracy")]
     assert sorted(steps) == [1, 2, 3, 4, 5]  # nothing logged twice
+
+
+def test_resumed_after_the_last_checkpoint_still_exports_the_weight_average(prepared, tmp_path):
+    """Killed after the last epoch's checkpoint, before export: the restart trains nothing,
+    and still weighs the moving average (from the restored optimizer state) against the
+    best epoch, as an uninterrupted run does after fit."""
+    runs = {}
+    for name, kill in (("killed", killed_at("checkpoint-committed:2")), ("reference", {})):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "data").symlink_to(prepared / "data")
+        params = write_params(root, epochs=2, deterministic=True, recipe={"ema_decay": 0.9})
+        first = run_train(params, "--no-tracking", env=kill)
+        runs[name] = (root, params, first)
+    root, params, killed = runs["killed"]
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert sorted(p.name for p in (root / "checkpoints" / "tiny").iterdir())[-1] == "epoch-0002"
+    resumed = run_train(params, "--no-tracking")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming tiny after epoch 2 of 2 at optimizer step {2 * steps_per_epoch(resumed.stdout)} " in resumed.stdout
+    assert "[train] epoch" not in resumed.stdout  # nothing left to train
+
+    reference_root, _, reference = runs["reference"]
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    metrics = json.loads((root / "models" / "tiny" / "train_metrics.json").read_text())
+    expected = json.loads((reference_root / "models" / "tiny" / "train_metrics.json").read_text())
+    # The average was evaluated (not the last epoch's raw weights under its name) ...
+    last_epoch_val_loss = float(read_history(root / "models" / "tiny")[-1][3])
+    assert metrics["export_candidates"]["ema"]["val_loss"] != pytest.approx(last_epoch_val_loss, abs=1e-6)
+    # ... and it is the very average an uninterrupted run weighs and exports.
+    assert metrics["export_candidates"] == expected["export_candidates"]
+    assert metrics["exported_weights"] == expected["exported_weights"]
+    assert metrics["weights_sha256"] == expected["weights_sha256"]
+
+
+def test_deterministic_training_gives_identical_weights(prepared, tmp_path):
+    """train.deterministic: two runs of the same recipe end with the same weights, bit for bit,
+    even with the input order left free (input.deterministic: false), which the flag overrides:
+    here, without the flag, such runs end with different weights."""
+    digests, weights = [], []
+    for name in ("first", "second"):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "data").symlink_to(prepared / "data")
+        params = write_params(root, epochs=1, deterministic=True, input={"shuffle_buffer": 1000, "deterministic": False})
+        result = run_train(params, "--no-tracking")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "deterministic on" in result.stdout
+        metrics = json.loads((root / "models" / "tiny" / "train_metrics.json").read_text())
+        assert metrics["deterministic"] is True
+        digests.append(metrics["weights_sha256"])
+        weights.append(exported_weights(root / "models" / "tiny"))
+    assert digests[0] == digests[1]
+    for first, second in zip(*weights, strict=True):
+        np.testing.assert_array_equal(first, second)
 
 
 def test_bad_inputs_fail_before_training(prepared, tmp_path):
@@ -216,10 +354,11 @@ def test_bad_inputs_fail_before_training(prepared, tmp_path):
     assert "[train] epoch" not in result.stdout
 
     (tmp_path / "data").symlink_to(prepared / "data")
-    checkpoint = tmp_path / "checkpoints" / "tiny"
+    checkpoint = tmp_path / "checkpoints" / "tiny" / "epoch-0001"
     checkpoint.mkdir(parents=True)
-    (checkpoint / "state.json").write_text(json.dumps({"completed_epochs": 1, "fingerprint": {"model": "resnet20",
-                                                                                               "dataset": "cifar10"}}))
+    (checkpoint / "model.weights.h5").write_bytes(b"")
+    (checkpoint / "state.json").write_text(json.dumps({"completed_epochs": 1, "weights": "model.weights.h5",
+                                                       "fingerprint": {"model": "resnet20", "dataset": "cifar10"}}))
     result = run_train(params, "--no-tracking")
     assert result.returncode == 1
     assert "checkpoint is of model 'resnet20', this experiment trains 'lenet5'" in result.stderr
@@ -241,7 +380,7 @@ def test_two_worker_processes_train_together(prepared, tmp_path):
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     workers = [subprocess.Popen(
         [sys.executable, "-m", "pipeline.train", "--experiment", "tiny", "--params", str(params), "--no-tracking"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**environment, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
         for i in range(2)]
     outputs = [worker.communicate(timeout=600) for worker in workers]
@@ -250,6 +389,12 @@ def test_two_worker_processes_train_together(prepared, tmp_path):
     assert "2 replica(s)" in outputs[0][0]
     metrics = json.loads((tmp_path / "models" / "tiny" / "train_metrics.json").read_text())
     assert metrics["replicas"] == 2
+    # Trained together: both workers end with the same weights, the ones the chief exported.
+    from components.training.trainer import weights_digest
+
+    digests = [re.findall(r"weights sha256 ([0-9a-f]{64})", out) for out, _ in outputs]
+    assert digests[0] == digests[1] == [metrics["weights_sha256"]]
+    assert weights_digest(keras.saving.load_model(tmp_path / "models" / "tiny" / "model.keras")) == digests[0][0]
     assert not [p for p in (tmp_path / "checkpoints").iterdir()]  # the worker's private checkpoints are gone
 
 

@@ -1,6 +1,6 @@
 """``bench input``: our tf.data pipeline against the tutorials' per-example map, images per second.
 
-Ours reads the prepared TFRecords (``data/tfrecords/<dataset>``), shuffles, batches,
+Ours reads the prepared TFRecords (``<prepare.out_root>/<dataset>``), shuffles, batches,
 parses whole batches and augments them as batched ops, uint8 out (normalisation is the
 model's first layer). Its headline figure reads the shards every epoch (``cache: none``);
 a second figure uses ``cache: memory`` (serialized records kept after the first epoch,
@@ -33,7 +33,7 @@ WARMUP_BATCHES = 20
 
 def add_arguments(parser) -> None:
     parser.add_argument("--dataset", default="cifar10")
-    parser.add_argument("--data-dir", help="prepared directory (default: data/tfrecords/<dataset>)")
+    parser.add_argument("--data-dir", help="prepared directory (default: <prepare.out_root>/<dataset>)")
     parser.add_argument("--augment", default="standard",
                         help="comma-separated policies (default: standard); the baseline has per-example "
                              "versions of: none, standard, random_crop, random_shift, flip_horizontal, "
@@ -125,7 +125,11 @@ def run(args) -> dict:
 
     from components.inputs import InputConfig, check_prepared, expand_policies, output_is_uint8
 
-    data_dir = args.data_dir or str(pathlib.Path("data/tfrecords") / args.dataset)
+    from components.config import load_params
+    from components.experiments import data_root
+
+    params = load_params() if pathlib.Path("params.yaml").exists() else {}
+    data_dir = args.data_dir or str(pathlib.Path(data_root(params)) / args.dataset)
     info = check_prepared(data_dir, ("train",))
     policies = [p.strip() for p in args.augment.split(",") if p.strip()]
     config = InputConfig(batch_size=args.batch_size, augment=policies, repeat=True, xla=not args.no_xla)

@@ -1,16 +1,20 @@
-"""``bench train``: training images/s of our stage against plain Keras ``fit`` on NumPy arrays.
+"""``bench train``: training images/s of our stage against plain Keras ``fit`` on NumPy arrays,
+and what ``train.deterministic`` costs.
 
 Ours: the stage's own pieces: the tf.data pipeline over the prepared TFRecords (with the
 experiment's augmentation), the model with its normalisation layer, the recipe's
-optimizer, compiled as the trainer compiles it. Baseline: the tutorials' way, the same
-zoo model fed normalised float32 arrays from memory with ``model.fit(x, y)``. Both are
-warmed up (tracing excluded), then timed over the same number of steps, alternately,
-several times; the best of each counts.
+optimizer and loss, compiled as the trainer compiles it. Baseline: the tutorials' way,
+the same zoo model fed normalised float32 arrays from memory with ``model.fit(x, y)``.
+Deterministic: ours again, as ``train.deterministic: true`` trains (op determinism on,
+the input order deterministic). All are warmed up (tracing excluded), then timed over
+the same number of steps, alternately, several times; the best of each counts. Op
+determinism is process-wide, so it is switched on only around the deterministic
+model's calls (its warm-up included, so its kernels are made in that mode).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import pathlib
 import time
 
 import numpy as np
@@ -31,6 +35,19 @@ def _timed_fit(model, data, steps: int, **fit_args) -> float:
     return time.perf_counter() - started
 
 
+@contextlib.contextmanager
+def _op_determinism():
+    """TensorFlow's op determinism on for the block (the public API can only switch it on)."""
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config  # disable_op_determinism is not exported
+
+    tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        tf_config.disable_op_determinism()
+
+
 def run(args) -> dict:
     import keras
     import tensorflow as tf
@@ -40,21 +57,34 @@ def run(args) -> dict:
     from components.models import create_model
     from components.training.config import Experiment, TrainSettings, resolve_experiment
     from components.training.schedules import build_optimizer
-    from components.training.trainer import build_training_model, input_config
+    from components.training.trainer import build_training_model, input_config, loss_and_accuracy
 
     params = load_params(args.params)
     params = {**params, "experiments": {"bench": {"dataset": args.dataset, "model": args.model, "recipe": args.recipe}}}
     experiment: Experiment = resolve_experiment("bench", params)
     settings = from_dict(TrainSettings, params.get("train"), where="train")
+    recipe = experiment.recipe
     inputs = input_config(experiment, settings)
-    data_dir = pathlib.Path(settings.data_root) / args.dataset
-    batch = experiment.recipe.batch_size
-
+    data_dir = experiment.paths.data
+    batch = recipe.batch_size
     info = check_prepared(data_dir, ("train",), mode="counts")
-    ours_model = build_training_model(experiment, info, inputs)
-    ours_model.compile(optimizer=build_optimizer(experiment.recipe.optimizer, 0.01), jit_compile=False,
-                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    ours_data = build_dataset(data_dir, "train", dataclasses.replace(inputs, repeat=True), training=True)
+
+    def compiled(model):
+        loss, accuracy = loss_and_accuracy(recipe, inputs)
+        model.compile(optimizer=build_optimizer(recipe.optimizer, 0.01), loss=loss, metrics=[accuracy],
+                      jit_compile=False)
+        return model
+
+    def ours_pipeline(config):
+        return build_dataset(data_dir, "train", dataclasses.replace(config, repeat=True), training=True)
+
+    keras.utils.set_random_seed(recipe.seed)
+    ours_model = compiled(build_training_model(experiment, info, inputs))
+    ours_data = ours_pipeline(inputs)
+    deterministic_inputs = input_config(experiment, dataclasses.replace(settings, deterministic=True))
+    keras.utils.set_random_seed(recipe.seed)
+    deterministic_model = compiled(build_training_model(experiment, info, deterministic_inputs))
+    deterministic_data = ours_pipeline(deterministic_inputs)
 
     # The baseline's arrays: the same training images, normalised once, in memory.
     images, labels = [], []
@@ -65,24 +95,30 @@ def run(args) -> dict:
     mean, std = (np.asarray(info["train_statistics"][k], np.float32) for k in ("mean", "std"))
     x = (np.concatenate(images).astype(np.float32) - mean) / std
     y = np.concatenate(labels)
-    baseline_model = create_model(args.model, tuple(info["image_shape"]), info["num_classes"])
-    baseline_model.compile(optimizer=build_optimizer(experiment.recipe.optimizer, 0.01),
-                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    baseline_model = compiled(create_model(args.model, tuple(info["image_shape"]), info["num_classes"]))
 
     _timed_fit(ours_model, ours_data, 3)  # warm-up: tracing and first batches
     baseline_model.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=3, verbose=0)
-    ours_times, baseline_times = [], []
+    with _op_determinism():
+        _timed_fit(deterministic_model, deterministic_data, 3)
+    ours_times, baseline_times, deterministic_times = [], [], []
     for _ in range(args.repeats):
         ours_times.append(_timed_fit(ours_model, ours_data, args.steps))
         started = time.perf_counter()
         baseline_model.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=args.steps, verbose=0, shuffle=True)
         baseline_times.append(time.perf_counter() - started)
+        with _op_determinism():
+            deterministic_times.append(_timed_fit(deterministic_model, deterministic_data, args.steps))
     images_timed = args.steps * batch
     ours, baseline = images_timed / min(ours_times), images_timed / min(baseline_times)
+    deterministic = images_timed / min(deterministic_times)
     return {
         "benchmark": "train", "dataset": args.dataset, "model": args.model, "batch_size": batch,
         "augment": list(inputs.augment), "device": "GPU" if tf.config.list_physical_devices("GPU") else "CPU",
         "ours_images_per_s": round(ours, 1), "keras_numpy_fit_images_per_s": round(baseline, 1),
-        "ratio": round(ours / baseline, 3), "target_ratio_min": 1.0, "steps_timed": args.steps,
-        "repeats": args.repeats,
+        "ratio": round(ours / baseline, 3), "target_ratio_min": 1.0,
+        # train.deterministic: true against ours (false): the speed it costs.
+        "deterministic_images_per_s": round(deterministic, 1),
+        "deterministic_ratio": round(deterministic / ours, 3),
+        "steps_timed": args.steps, "repeats": args.repeats,
     }

@@ -3,7 +3,12 @@
 :func:`prepare_dataset` is what ``python -m pipeline.prepare`` calls. It writes into a
 temporary directory beside the output, adds ``dataset_info.json`` last, and only then
 moves the directory into place, so an interrupted or failed run never leaves a
-directory that looks complete (and never touches the previous good output).
+directory that looks complete (and never touches the previous good output). What a
+killed run leaves beside the output (its temporary directory) is removed by the next
+run, once the process that made it is gone (:func:`remove_dead_leftovers`).
+
+Every DataError message is one line, ``<file>: <problem>``: the CLI prints it as
+``prepare: error: <message>``.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from components.data.errors import DataError
 from components.data.info import INFO_FILE, OUTPUT_SPLITS
 from components.data.sources import ArchiveSource, Source, SyntheticSource, TfdsSource
 from components.data.transforms import PIECES_DIR, REPORTS_DIR, build_conversion, channel_moments, read_reports
+from components.experiments import DEFAULT_DATA_ROOT
 
 
 
@@ -50,7 +56,7 @@ class PrepareConfig:
     datasets: list[str] = dataclasses.field(default_factory=lambda: ["fashion_mnist", "cifar10"])
     source: Literal["auto", "archive", "tfds", "synthetic"] = "auto"
     raw_root: str = "data/raw"  # archives are looked for in <raw_root>/<dataset>/
-    out_root: str = "data/tfrecords"  # shards go to <out_root>/<dataset>/
+    out_root: str = DEFAULT_DATA_ROOT  # shards go to <out_root>/<dataset>/ (components.experiments reads them there)
     tfds_data_dir: str = "data/tfds"  # where the tfds source builds (and caches downloads)
     validation_fraction: float = 0.1  # of the publisher's train split, carved by a hash of each key
     seed: int = 0  # salts the validation and shard hashes
@@ -107,12 +113,12 @@ def resolve_source(spec: DatasetSpec, config: PrepareConfig, raw_dir: str) -> So
             raise ConnectionError(unreachable)
         tfds_source.builder()
     except Exception as error:  # tfds raises many kinds (network, checksum, missing manual files)
-        wanted = "\n".join(f"  {pathlib.Path(raw_dir) / f.name}" for f in spec.raw_files)
+        wanted = " ".join(str(pathlib.Path(raw_dir) / f.name) for f in spec.raw_files)
         first_line = str(error).splitlines()[0] if str(error) else ""
         raise DataError(
-            f"{spec.name}: no archives in {raw_dir} and tensorflow-datasets could not fetch them "
-            f"({type(error).__name__}: {first_line}).\n"
-            f"Place the publisher's files ({spec.download_url}) here and rerun:\n{wanted}") from None
+            f"{raw_dir}: no {spec.name} archives here and tensorflow-datasets could not fetch them "
+            f"({type(error).__name__}: {first_line}). "
+            f"Place the publisher's files ({spec.download_url}) here and rerun: {wanted}") from None
     return tfds_source
 
 
@@ -180,6 +186,7 @@ def prepare_dataset(name: str, config: PrepareConfig, raw_dir: str | None = None
     if isinstance(source, ArchiveSource):
         source.check_present()  # before starting Beam, so a missing file is named at once
 
+    remove_dead_leftovers(out_path, log)
     temp_dir = _make_temp_dir(out_path)
     started = time.perf_counter()
     try:
@@ -206,20 +213,39 @@ def prepare_dataset(name: str, config: PrepareConfig, raw_dir: str | None = None
             if message:
                 raise DataError(message) from None
         raise
+    remove_dead_leftovers(out_path, log)  # a parked previous output kept at the start is stale now
     counts = ", ".join(f"{split} {info['splits'][split]['examples']}" for split in OUTPUT_SPLITS)
     log(f"[prepare] {name}: wrote {out_path} ({counts}) in {time.perf_counter() - started:.1f} s")
     return info
 
 
+def rejection_summary(reports: list[dict]) -> list[dict]:
+    """Rejection reports (one per block and reason) merged per file and reason, sorted by both.
+
+    Counts add up; the first example key is the smallest. The order does not depend on
+    how the source was cut into blocks or parts, so neither does the error message.
+    """
+    merged: dict[tuple[str, str], dict] = {}
+    for report in reports:
+        key = (report["origin"], report["reason"])
+        if key in merged:
+            merged[key]["count"] += report["count"]
+            merged[key]["example_key"] = min(merged[key]["example_key"], report["example_key"])
+        else:
+            merged[key] = dict(report)
+    return [merged[key] for key in sorted(merged)]
+
+
 def dataset_info(spec: DatasetSpec, reports: list[dict], source_info: dict, config: PrepareConfig) -> dict:
     """Assemble ``dataset_info.json`` from the pipeline's reports; fail on rejected examples."""
-    rejected = [r for r in reports if r["kind"] == "rejected"]
+    rejected = rejection_summary([r for r in reports if r["kind"] == "rejected"])
     total_rejected = sum(r["count"] for r in rejected)
     if total_rejected > config.max_rejected:
-        reasons = "\n".join(f"  {r['origin']}: {r['count']} example(s) rejected, {r['reason']} "
+        # One line, file first, like every other error: the reports give each file's problem.
+        reasons = "; ".join(f"{r['origin']}: {r['count']} example(s) rejected, {r['reason']} "
                             f"(first: {r['example_key']})" for r in rejected)
-        raise DataError(f"{spec.name}: {total_rejected} example(s) failed validation "
-                        f"(max_rejected is {config.max_rejected}):\n{reasons}")
+        raise DataError(f"{rejected[0]['origin']}: {total_rejected} example(s) failed validation in {spec.name} "
+                        f"(max_rejected is {config.max_rejected}): {reasons}")
     histogram = next((r["histogram"] for r in reports if r["kind"] == "train_pixel_histogram"), None)
     if histogram is None or not all(map(sum, histogram)):
         raise DataError(f"{spec.name}: no training examples to compute statistics from ({source_info['kind']} source)")
@@ -252,11 +278,90 @@ def dataset_info(spec: DatasetSpec, reports: list[dict], source_info: dict, conf
     }
 
 
+def _host() -> str:
+    """This machine's name as it goes into leftover directory names (letters, digits, '.', '_')."""
+    return re.sub(r"[^A-Za-z0-9._]", "_", socket.gethostname()) or "host"
+
+
+def _temp_name(out_name: str) -> str:
+    """``.<out>.tmp-<host>-<pid>``: a dead run's leftover names the run that made it."""
+    return f".{out_name}.tmp-{_host()}-{os.getpid()}"
+
+
+def _old_name(out_name: str) -> str:
+    """``.<out>.old-<stamp>-<host>-<pid>``: where publishing parks the previous output for a moment."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
+    return f".{out_name}.old-{stamp}-{_host()}-{os.getpid()}"
+
+
+def leftover_owner(entry: str, out_name: str) -> tuple[str, str | None, int] | None:
+    """``(kind, host, pid)`` of a directory name a prepare run of ``out_name`` makes, else None.
+
+    ``kind`` is ``tmp`` or ``old``. ``host`` is None for the names of runs before the host
+    went into them (``.<out>.tmp-<pid>``), which were made on this machine.
+    """
+    match = re.fullmatch(rf"\.{re.escape(out_name)}\.(?:(tmp)|(old)-\d{{14}})-(?:([A-Za-z0-9._]+)-)?(\d+)", entry)
+    if not match:
+        return None
+    return ("tmp" if match.group(1) else "old"), match.group(3), int(match.group(4))
+
+
+def process_is_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (``os.kill(pid, 0)``: no signal is sent).
+
+    A process we may not signal is alive; pids that cannot name a process (0, negative,
+    too large) count as alive, so nothing is ever removed on their account.
+    """
+    if pid <= 0:
+        return True  # os.kill(0, ...) and negative pids address process groups, not a process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # PermissionError: it exists and is someone else's; the others: cannot tell
+    return True
+
+
+def remove_dead_leftovers(out_path: pathlib.Path, log=print) -> list[pathlib.Path]:
+    """Remove what killed prepare runs of ``out_path`` left beside it; return what was removed.
+
+    Only directories named as :func:`leftover_owner` reads them, made on this machine
+    (the host in the name; pids mean nothing across machines sharing a mount), by a
+    process that no longer runs: a live run's temporary directory is never touched. A
+    dead run's ``.old-`` directory is the previous output, parked while publishing:
+    while ``out_path`` is missing it is the only copy, so it stays (and is logged).
+    """
+    removed = []
+    try:
+        entries = sorted(out_path.parent.iterdir())
+    except OSError:
+        return removed  # no parent yet: nothing was left
+    for entry in entries:
+        owner = leftover_owner(entry.name, out_path.name)
+        if owner is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        kind, host, pid = owner
+        if (host is not None and host != _host()) or process_is_alive(pid):
+            continue
+        if kind == "old" and not out_path.exists():
+            log(f"[prepare] kept {entry}: a killed run (pid {pid}) parked the previous output there, "
+                f"and {out_path} is missing")
+            continue
+        shutil.rmtree(entry, ignore_errors=True)  # another run may be removing it at the same time
+        if entry.exists():
+            log(f"[prepare] could not remove {entry}, left by a killed run (pid {pid})")
+        else:
+            log(f"[prepare] removed {entry}, left by a killed run (pid {pid})")
+            removed.append(entry)
+    return removed
+
+
 def _make_temp_dir(out_path: pathlib.Path) -> pathlib.Path:
     """A fresh temporary directory beside the output (same file system, so the move is a rename)."""
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        temp_dir = out_path.parent / f".{out_path.name}.tmp-{os.getpid()}"
+        temp_dir = out_path.parent / _temp_name(out_path.name)
         shutil.rmtree(temp_dir, ignore_errors=True)
         temp_dir.mkdir()
         probe = temp_dir / ".write-test"
@@ -269,8 +374,7 @@ def _make_temp_dir(out_path: pathlib.Path) -> pathlib.Path:
 
 def _publish(temp_dir: pathlib.Path, out_path: pathlib.Path) -> None:
     """Move the finished directory into place; the old output is removed only after."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
-    previous = out_path.parent / f".{out_path.name}.old-{stamp}-{os.getpid()}"
+    previous = out_path.parent / _old_name(out_path.name)
     if out_path.exists():
         os.replace(out_path, previous)
     os.replace(temp_dir, out_path)

@@ -5,7 +5,8 @@
 * CIFAR binary (``cifar-10-binary.tar.gz``, ``cifar-100-binary.tar.gz``): fixed-size
   records of label byte(s) followed by 3072 pixel bytes, channel-major (R, G, B planes).
   Tar members are streamed from the archive (``r|gz``), so no member name can escape
-  to the file system.
+  to the file system; every member is still checked for its type and name (see
+  :func:`iter_tar_members`), so an archive can hold nothing a reader would have to guess about.
 
 Every failure raises :class:`DataError` naming the file and what is wrong with it.
 """
@@ -16,7 +17,7 @@ import pathlib
 import struct
 import tarfile
 import zlib
-from typing import Container, Iterator
+from typing import Collection, Container, Iterator
 
 import numpy as np
 
@@ -77,21 +78,67 @@ def read_idx_split(images_path: str | pathlib.Path, labels_path: str | pathlib.P
     return images, labels
 
 
-def iter_tar_members(path: str | pathlib.Path, wanted: Container[str] | None = None
-                     ) -> Iterator[tuple[str, int, bytes | None]]:
+def _unsafe_name(name: str) -> str | None:
+    """Why a tar member name could point outside the archive's own tree, or None if it cannot."""
+    if not name:
+        return "has an empty name"
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):  # POSIX root or a Windows drive
+        return "has an absolute name"
+    if ".." in pathlib.PurePosixPath(name).parts:
+        return "has a '..' component"
+    return None
+
+
+def _not_a_regular_file(member: tarfile.TarInfo) -> str:
+    """What a member that is neither a regular file nor a directory is, in words."""
+    if member.issym():
+        return f"is a symbolic link (to '{member.linkname}')"
+    if member.islnk():
+        return f"is a hard link (to '{member.linkname}')"
+    if member.ischr():
+        return "is a character device"
+    if member.isblk():
+        return "is a block device"
+    if member.isfifo():
+        return "is a FIFO"
+    return f"has tar type {member.type!r}"
+
+
+def iter_tar_members(path: str | pathlib.Path, wanted: Container[str] | None = None,
+                     allowed: Collection[str] | None = None) -> Iterator[tuple[str, int, bytes | None]]:
     """Yield ``(member name, size in bytes, bytes)`` for each regular file of a ``.tar.gz``, streaming.
 
     Members not in ``wanted`` (when given) come with ``None`` instead of their bytes:
     their data is skipped, though still inflated, since a gzip stream has no index to
     seek by. Stop iterating early to stop reading the archive.
+
+    Every member passed is checked before anything is yielded for it, so a reader that
+    stops early has checked every member before the place it stopped. DataError, naming
+    the archive and the member, for: an absolute name or a ``..`` component; a name seen
+    before (of any type: two readings of one name would leave one of them silently
+    used); a member that is neither a regular file nor a directory (links, devices,
+    FIFOs); a regular file not in ``allowed`` (when given). Directories are skipped.
     """
     path = pathlib.Path(path)
+    seen: dict[str, int] = {}  # member name -> its position in the archive, from 1
     try:
         with tarfile.open(path, mode="r|gz") as archive:
-            for member in archive:
+            for position, member in enumerate(archive, start=1):
+                name = member.name
+                problem = _unsafe_name(name)
+                if problem is None and name in seen:
+                    problem = f"appears twice (members {seen[name]} and {position}); each name must appear once"
+                if problem is None and not (member.isfile() or member.isdir()):
+                    problem = f"{_not_a_regular_file(member)}; only regular files and directories are allowed"
+                if problem is None and member.isfile() and allowed is not None and name not in allowed:
+                    problem = (f"({member.size} bytes) is not a file of this release; "
+                               f"expected only {', '.join(sorted(allowed))}")
+                if problem is not None:
+                    raise DataError(f"{path}: member '{name}' {problem}")
+                seen[name] = position
                 if member.isfile():
-                    keep = wanted is None or member.name in wanted
-                    yield member.name, member.size, archive.extractfile(member).read() if keep else None
+                    keep = wanted is None or name in wanted
+                    yield name, member.size, archive.extractfile(member).read() if keep else None
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:

@@ -102,6 +102,14 @@ def contiguous_parts(units: Sequence[str], count: int, skip_cost: float) -> list
     return [units[start:stop] for start, stop in zip(bounds, bounds[1:])]
 
 
+# Files the publishers' CIFAR binary archives hold besides the record files (the label
+# names, and CIFAR-10's readme): allowed, and skipped. Any other regular file is an error,
+# so an archive that is not the release (or has been added to) is never half read.
+CIFAR_ARCHIVE_EXTRAS: dict[str, tuple[str, ...]] = {
+    "cifar10": ("cifar-10-batches-bin/batches.meta.txt", "cifar-10-batches-bin/readme.html"),
+    "cifar100": ("cifar-100-binary/coarse_label_names.txt", "cifar-100-binary/fine_label_names.txt"),
+}
+
 # Passing over a CIFAR member (inflating it) costs about half of converting it (measured
 # on CIFAR-10: 0.17 s to inflate a member, about 0.14 s more to parse, check, encode and write it).
 _TAR_SKIP_COST = 0.5
@@ -126,6 +134,10 @@ class ArchiveSource:
         if self.spec.archive_format == "idx":
             return SPLITS
         return tuple(member for split in SPLITS for member in self.spec.split_files[split])
+
+    def allowed_members(self) -> frozenset[str]:
+        """Every regular file the CIFAR archive may hold: the record files and the known extras."""
+        return frozenset(self.all_units()) | frozenset(CIFAR_ARCHIVE_EXTRAS.get(self.spec.name, ()))
 
     def parts(self, count: int) -> list["ArchiveSource"]:
         """At most ``count`` sources that together read this one, each a contiguous run of units."""
@@ -183,9 +195,12 @@ class ArchiveSource:
         # Keys count from the start of the split in the spec's member order, so a part
         # needs the sizes of the members before its own (tar headers give them for free).
         needed = {earlier for member in mine for earlier in self._members_before(member)} | set(mine)
-        reads_to_end = mine[-1] == self.all_units()[-1]  # the last part checks the archive to its end
+        # The last part checks the archive to its end; the others check every member they
+        # pass (the reader does, before yielding it), so any bad member fails every plan.
+        reads_to_end = mine[-1] == self.all_units()[-1]
         sizes, payloads = {}, {}
-        with contextlib.closing(readers.iter_tar_members(archive, wanted=set(mine))) as members:
+        members = readers.iter_tar_members(archive, wanted=set(mine), allowed=self.allowed_members())
+        with contextlib.closing(members):
             for name, size, data in members:
                 if name in split_of:
                     sizes[name] = size

@@ -11,7 +11,7 @@
 Importing this package is cheap: TensorFlow, Keras, matplotlib and MLflow load only
 inside the functions that need them.
 """
-from components.evaluation.config import EvaluateConfig, ExperimentSpec, experiment_specs, get_experiment
+from components.evaluation.config import EvaluateConfig
 from components.evaluation.errors import EvaluationError
 
-__all__ = ["EvaluateConfig", "EvaluationError", "ExperimentSpec", "experiment_specs", "get_experiment"]
+__all__ = ["EvaluateConfig", "EvaluationError"]

@@ -10,22 +10,22 @@
 3. time inference (images/s at ``batch_size``, median latency at batch 1), count
    parameters, measure the file's size;
 4. decide the verdict (:mod:`components.evaluation.verdict`);
-5. write, each atomically: ``metrics/<dataset>/<model>.json`` (DVC metrics),
-   ``.verdict.json`` beside it, ``plots/<dataset>/<model>/confusion.json`` (DVC confusion
-   template rows), ``confusion.png`` and ``worst.png``; on acceptance also
-   ``metrics/<dataset>/<model>.accepted.json``, the next run's baseline (a rejected run
-   leaves it alone, or writes a "nothing accepted yet" marker when there is none);
+5. write, each atomically, where :mod:`components.experiments` puts them:
+   ``metrics/<experiment>/test.json`` (DVC metrics), ``verdict.json`` beside it,
+   ``plots/<experiment>/confusion.json`` (DVC confusion template rows), ``confusion.png``
+   and ``worst.png``; on acceptance also ``metrics/<experiment>/accepted.json``, the next
+   run's baseline (a rejected run leaves it alone, or writes a "nothing accepted yet"
+   marker when there is none);
 6. log test metrics and those files into the MLflow run that trained the model, and on
    acceptance move the registry alias ``champion`` to the model's version.
 
-Why the baseline is a separate ``.accepted.json``: DVC deletes a stage's outputs before
-running it, so the previous ``<model>.json`` is gone by the time the stage starts, and a
+Why the baseline is a separate ``accepted.json``: DVC deletes a stage's outputs before
+running it, so the previous ``test.json`` is gone by the time the stage starts, and a
 rejected run must still write its metrics (DVC checks outputs exist). The accepted copy
 is a ``persist: true`` output that only acceptance overwrites.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 from typing import Any, Callable, Mapping
@@ -34,55 +34,20 @@ import numpy as np
 
 from components.evaluation import metrics as metric_fns
 from components.evaluation import plots
-from components.evaluation.config import EvaluateConfig, ExperimentSpec, sharing_outputs
+from components.evaluation.config import EvaluateConfig
 from components.evaluation.errors import EvaluationError
 from components.evaluation.io import json_safe, read_json, write_json_atomic
 from components.evaluation.timing import fill_batch, images_per_second, latency_ms
 from components.evaluation.verdict import (
     ACCEPTED, baseline_record, decide, limits_for, load_baseline, load_thresholds, no_baseline_record,
 )
+from components.experiments import ExperimentPaths, ExperimentRef
 
 Log = Callable[[str], None]
-DEFAULT_DATA_ROOT = "data/tfrecords"  # train.data_root in params.yaml
-DEFAULT_MODELS_ROOT = "models"  # train.models_dir in params.yaml
-
-
-@dataclasses.dataclass(frozen=True)
-class ExperimentPaths:
-    """Where one experiment's inputs and outputs live, relative to the repository root."""
-
-    model: pathlib.Path  # models/<exp>/model.keras
-    train_metrics: pathlib.Path  # models/<exp>/train_metrics.json
-    data: pathlib.Path  # data/tfrecords/<dataset>
-    metrics: pathlib.Path  # metrics/<dataset>/<model>.json
-    verdict: pathlib.Path  # metrics/<dataset>/<model>.verdict.json
-    accepted: pathlib.Path  # metrics/<dataset>/<model>.accepted.json
-    confusion_json: pathlib.Path  # plots/<dataset>/<model>/confusion.json
-    confusion_png: pathlib.Path
-    worst_png: pathlib.Path
-
-    @classmethod
-    def of(cls, spec: ExperimentSpec, root: str | os.PathLike = ".", data_root: str = DEFAULT_DATA_ROOT,
-           models_root: str = DEFAULT_MODELS_ROOT) -> "ExperimentPaths":
-        """The paths for ``spec`` under ``root``."""
-        root = pathlib.Path(root)
-        model_dir = root / models_root / spec.name
-        metrics_dir = root / "metrics" / spec.dataset
-        plots_dir = root / "plots" / spec.dataset / spec.model
-        return cls(model=model_dir / "model.keras", train_metrics=model_dir / "train_metrics.json",
-                   data=root / data_root / spec.dataset,
-                   metrics=metrics_dir / f"{spec.model}.json", verdict=metrics_dir / f"{spec.model}.verdict.json",
-                   accepted=metrics_dir / f"{spec.model}.accepted.json",
-                   confusion_json=plots_dir / "confusion.json", confusion_png=plots_dir / "confusion.png",
-                   worst_png=plots_dir / "worst.png")
-
-    def outputs(self) -> list[pathlib.Path]:
-        """The files every evaluation writes and logs to MLflow (the accepted copy is not logged)."""
-        return [self.metrics, self.verdict, self.confusion_json, self.confusion_png, self.worst_png]
 
 
 # ----------------------------------------------------------------------------- inputs
-def read_train_metrics(path: pathlib.Path, spec: ExperimentSpec, log: Log = print) -> dict[str, Any]:
+def read_train_metrics(path: pathlib.Path, spec: ExperimentRef, log: Log = print) -> dict[str, Any]:
     """``models/<exp>/train_metrics.json`` as a dict; {} (with a warning) when absent.
 
     Evaluation only needs it for the MLflow run id and the registered model version.
@@ -102,7 +67,7 @@ def read_train_metrics(path: pathlib.Path, spec: ExperimentSpec, log: Log = prin
     return data
 
 
-def check_model_file(path: pathlib.Path, spec: ExperimentSpec) -> None:
+def check_model_file(path: pathlib.Path, spec: ExperimentRef) -> None:
     """Fail with the command that produces ``models/<exp>/model.keras`` when it is missing."""
     if not path.is_file():
         raise EvaluationError(f"{path}: exported model not found for experiment '{spec.name}'; train it first with "
@@ -178,7 +143,7 @@ def _round(value: Any, digits: int = 6) -> Any:
     return value
 
 
-def metrics_record(spec: ExperimentSpec, summary: Mapping[str, Any], speed: Mapping[str, float],
+def metrics_record(spec: ExperimentRef, summary: Mapping[str, Any], speed: Mapping[str, float],
                    params: int, size_bytes: int) -> dict[str, Any]:
     """The DVC metrics file's content: flat numbers first, the per-class table last."""
     record = {"experiment": spec.name, "dataset": spec.dataset, "model": spec.model}
@@ -194,38 +159,34 @@ def metrics_record(spec: ExperimentSpec, summary: Mapping[str, Any], speed: Mapp
 
 
 # ----------------------------------------------------------------------------- the stage
-def evaluate_experiment(spec: ExperimentSpec, cfg: EvaluateConfig, experiments: Mapping[str, ExperimentSpec], *,
-                        root: str | os.PathLike = ".", data_root: str = DEFAULT_DATA_ROOT,
-                        models_root: str = DEFAULT_MODELS_ROOT, tracking_uri: str | None = None,
+def evaluate_experiment(spec: ExperimentRef, cfg: EvaluateConfig, experiments: Mapping[str, ExperimentRef], *,
+                        root: str | os.PathLike = ".", tracking_uri: str | None = None,
                         log: Log = print) -> dict[str, Any]:
     """Evaluate experiment ``spec`` (one of ``experiments``, all those params.yaml lists) end to end.
 
-    Paths are relative to ``root`` (the repository root): models under ``models_root``,
-    prepared data under ``data_root`` (the train stage's settings). ``tracking_uri`` overrides
+    Its files are where ``spec.paths`` says (:mod:`components.experiments`); the thresholds
+    file is ``cfg.thresholds_file`` under ``root`` (the repository root). ``tracking_uri`` overrides
     ``MLFLOW_TRACKING_URI`` / the local store for the MLflow steps. Returns
     ``{"metrics", "verdict", "paths", "logged", "promoted"}``; does not raise on a rejected
     verdict (the caller decides, see ``cfg.warn_only``). Raises EvaluationError (or
     TrackingError) on bad or missing input, naming the file.
     """
     root = pathlib.Path(root)
-    paths = ExperimentPaths.of(spec, root, data_root, models_root)
-    for other in sharing_outputs(experiments, spec):
-        log(f"note: experiment '{other}' also trains {spec.model} on {spec.dataset} and writes the same "
-            f"{paths.metrics}; the last one evaluated wins")
+    paths = spec.paths
 
     # 1. Inputs, cheapest first, so a typo fails in seconds rather than after scoring.
     datasets, models = known_names()
     thresholds = load_thresholds(root / cfg.thresholds_file, experiments, datasets, models)
     limits = limits_for(thresholds, spec)
     check_model_file(paths.model, spec)
-    baseline = load_baseline(paths.accepted, spec.name, log)
-    train = read_train_metrics(paths.train_metrics, spec, log)
+    baseline = load_baseline(paths.accepted, spec.name)
+    train = read_train_metrics(paths.train_summary, spec, log)
     run_id = train.get("mlflow_run_id") or None
     model_name = train.get("registered_model_name") or spec.registered_model_name
     version = train.get("registered_model_version")
     version = None if version in (None, "") else str(version)
     if run_id:
-        _check_tracking(tracking_uri, run_id, model_name, version, paths.train_metrics)
+        _check_tracking(tracking_uri, run_id, model_name, version, paths.train_summary)
     images, labels, info = _load_data(paths.data, cfg)
     label_names = [str(n) for n in info["label_names"]]
 
@@ -256,7 +217,7 @@ def evaluate_experiment(spec: ExperimentSpec, cfg: EvaluateConfig, experiments: 
     # 6. MLflow: results onto the training run; champion alias only on acceptance.
     from components.tracking.registry import log_evaluation, promote
 
-    logged = log_evaluation(run_id, record, paths.outputs(),
+    logged = log_evaluation(run_id, record, paths.evaluation_outputs(),
                             tags={"evaluation_status": verdict["status"],
                                   "evaluation_reasons": "; ".join(verdict["reasons"])[:4000]},
                             warn=log)
@@ -299,10 +260,10 @@ def _check_tracking(uri: str | None, run_id: str, model_name: str, version: str 
                                   f"the registry of {used}") from None
 
 
-def _write_outputs(paths: ExperimentPaths, spec: ExperimentSpec, record: Mapping[str, Any],
+def _write_outputs(paths: ExperimentPaths, spec: ExperimentRef, record: Mapping[str, Any],
                    verdict: Mapping[str, Any], summary: Mapping[str, Any], logits: np.ndarray,
                    images: np.ndarray, labels: np.ndarray, label_names: list[str], cfg: EvaluateConfig) -> None:
-    write_json_atomic(paths.metrics, record)
+    write_json_atomic(paths.test_metrics, record)
     write_json_atomic(paths.verdict, json_safe(verdict))
     predicted = metric_fns.predictions(logits)
     plots.write_confusion_rows(paths.confusion_json, plots.confusion_rows(labels, predicted, label_names))

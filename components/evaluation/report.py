@@ -1,8 +1,8 @@
 """The comparison report: every evaluated experiment beside the tutorials' and the papers' figures.
 
-:func:`build_report` reads ``metrics/<dataset>/<model>.json`` (one per evaluated
-experiment; ``.verdict.json`` beside it gives the status), adds training time and
-images/s from ``models/<exp>/train_metrics.json`` when present, and, when a tracking
+:func:`build_report` reads ``metrics/<experiment>/test.json`` (one per evaluated
+experiment; ``verdict.json`` beside it gives the status), adds training time and
+images/s from the train stage's ``train.json`` beside it when present, and, when a tracking
 store is reachable, the run's duration where the file lacks it and whether the model
 version holds the ``champion`` alias. It writes ``reports/summary.md`` and two charts:
 accuracy against parameters and against training time.
@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 from components.evaluation.errors import EvaluationError
 from components.evaluation.io import read_json, write_text_atomic
 from components.evaluation.references import Figure, reference_for
+from components.experiments import METRICS_ROOT, TEST_METRICS_FILE, TRAIN_METRICS_FILE, VERDICT_FILE
 
 Log = Callable[[str], None]
 SUMMARY_FILE = "summary.md"
@@ -52,9 +53,9 @@ class Row:
 
 
 def metrics_files(metrics_root: str | os.PathLike) -> list[pathlib.Path]:
-    """``metrics/<dataset>/<model>.json`` files, without the ``.verdict`` / ``.accepted`` companions."""
+    """Every evaluated experiment's test metrics, ``metrics/<experiment>/test.json``."""
     root = pathlib.Path(metrics_root)
-    return sorted(p for p in root.glob("*/*.json") if "." not in p.name[:-len(".json")])
+    return sorted(root.glob(f"*/{TEST_METRICS_FILE}"))
 
 
 def _number(data: dict, key: str) -> float | None:
@@ -64,26 +65,29 @@ def _number(data: dict, key: str) -> float | None:
     return float(value)
 
 
-def read_row(path: pathlib.Path, models_root: pathlib.Path, log: Log = print) -> Row:
+def read_row(path: pathlib.Path, log: Log = print) -> Row:
     """The report row for one metrics file (plus its verdict and the train stage's summary when present)."""
     data = read_json(path, "evaluation metrics written by `python -m pipeline.evaluate`")
     accuracy = _number(data, "accuracy") if isinstance(data, dict) else None
     if not isinstance(data, dict) or accuracy is None or not isinstance(data.get("experiment"), str):
         raise EvaluationError(f"{path}: expected a JSON object with a string 'experiment' and a numeric 'accuracy' "
                               f"(as `python -m pipeline.evaluate` writes); re-run the evaluate stage")
-    dataset, model = data.get("dataset", path.parent.name), data.get("model", path.stem)
+    if data["experiment"] != path.parent.name:
+        raise EvaluationError(f"{path}: holds experiment '{data['experiment']}', but its directory names "
+                              f"'{path.parent.name}'; re-run `python -m pipeline.evaluate --experiment {path.parent.name}`")
+    dataset, model = data.get("dataset", "?"), data.get("model", "?")
     reference = reference_for(dataset, model)
     params = _number(data, "params")
     row = Row(experiment=data["experiment"], dataset=dataset, model=model, accuracy=accuracy,
               params=int(params) if params is not None else None,
               infer_images_per_s=_number(data, "images_per_s"), latency_ms=_number(data, "latency_ms"),
               tutorial=reference.tutorial, paper=reference.paper)
-    verdict_path = path.with_name(f"{path.stem}.verdict.json")
+    verdict_path = path.with_name(VERDICT_FILE)
     if verdict_path.exists():
         verdict = read_json(verdict_path, "the verdict written by `python -m pipeline.evaluate`")
         if isinstance(verdict, dict):
             row.status = verdict.get("status")
-    train_path = models_root / row.experiment / "train_metrics.json"
+    train_path = path.with_name(TRAIN_METRICS_FILE)
     if train_path.exists():
         try:
             train = read_json(train_path, "the train stage's summary")
@@ -94,20 +98,19 @@ def read_row(path: pathlib.Path, models_root: pathlib.Path, log: Log = print) ->
             row.train_time_s = _number(train, "train_time_s")
             row.train_images_per_s = _number(train, "images_per_s")
             row.mlflow_run_id = train.get("mlflow_run_id") or None
-            row.registered_model_name = train.get("registered_model_name") or f"{dataset}-{model}"
+            row.registered_model_name = train.get("registered_model_name") or row.experiment
             version = train.get("registered_model_version")
             row.registered_model_version = None if version in (None, "") else str(version)
     return row
 
 
-def collect_rows(metrics_root: str | os.PathLike = "metrics", models_root: str | os.PathLike = "models",
-                 log: Log = print) -> list[Row]:
+def collect_rows(metrics_root: str | os.PathLike = METRICS_ROOT, log: Log = print) -> list[Row]:
     """Every experiment's row, sorted by data set then accuracy (best first)."""
     files = metrics_files(metrics_root)
     if not files:
-        raise EvaluationError(f"{metrics_root}: no metrics files (<dataset>/<model>.json); run the evaluate stage "
+        raise EvaluationError(f"{metrics_root}: no metrics files (<experiment>/{TEST_METRICS_FILE}); run the evaluate stage "
                               f"first (`dvc repro` or `python -m pipeline.evaluate --experiment NAME`)")
-    rows = [read_row(path, pathlib.Path(models_root), log) for path in files]
+    rows = [read_row(path, log) for path in files]
     return sorted(rows, key=lambda r: (r.dataset, -r.accuracy, r.experiment))
 
 
@@ -175,9 +178,8 @@ def render_markdown(rows: Sequence[Row], charts: Sequence[tuple[str, str]] = (),
         "(`components/evaluation/references.py`, from `../shared/REFERENCES.md`). The references train",
         "for 20k steps to 300 epochs on GPUs; ours for a CPU budget, so read them as targets, not peers.",
         "",
-        "Built by `python -m pipeline.report` from `metrics/<dataset>/<model>.json` (and `.verdict.json`),",
-        "`models/<experiment>/train_metrics.json`" + (" and the MLflow runs." if mlflow_used else
-                                                       "; MLflow was not reachable or not configured."),
+        "Built by `python -m pipeline.report` from `metrics/<experiment>/test.json`, `verdict.json` and",
+        "`train.json`" + (" and the MLflow runs." if mlflow_used else "; MLflow was not reachable or not configured."),
         "",
         "| experiment | data set | model | accuracy | tutorial | paper | params | training time "
         "| train images/s | inference images/s | latency (ms) | verdict |",
@@ -243,15 +245,15 @@ def plot_accuracy_against(rows: Sequence[Row], attribute: str, xlabel: str, path
     save_figure(figure, path)
 
 
-def build_report(metrics_root: str | os.PathLike = "metrics", models_root: str | os.PathLike = "models",
-                 out_dir: str | os.PathLike = "reports", *, use_mlflow: bool = True,
+def build_report(metrics_root: str | os.PathLike = METRICS_ROOT, out_dir: str | os.PathLike = "reports", *,
+                 use_mlflow: bool = True,
                  tracking_uri: str | None = None, log: Log = print) -> pathlib.Path:
     """Write ``<out_dir>/summary.md`` and its two charts; returns the summary's path.
 
     ``use_mlflow``: consult the tracking store (``tracking_uri``, else
     ``MLFLOW_TRACKING_URI``, else the local ``mlflow.db`` if that file exists).
     """
-    rows = collect_rows(metrics_root, models_root, log)
+    rows = collect_rows(metrics_root, log)
     mlflow_used = False
     if use_mlflow and _tracking_configured(tracking_uri):
         mlflow_used = add_mlflow(rows, tracking_uri, log)

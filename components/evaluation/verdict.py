@@ -19,9 +19,8 @@ Floors for (dataset, model) pairs no experiment trains are allowed: the table is
 reference data, and a ``dvc exp run -S`` that switches models should find its floor.
 
 The baseline ("last accepted metrics") is the metrics JSON of the last accepted run of
-the same experiment, kept in ``metrics/<dataset>/<model>.accepted.json``, which only an
-accepted evaluation writes. With no baseline (or one another experiment with the same
-data set and model left there) only the absolute floor applies.
+the same experiment, kept in ``metrics/<experiment>/accepted.json``, which only an
+accepted evaluation writes. With no baseline yet, only the absolute floor applies.
 """
 from __future__ import annotations
 
@@ -34,9 +33,9 @@ from typing import Any, Callable, Collection, Mapping
 import yaml
 
 from components.config import ConfigError, from_dict
-from components.evaluation.config import ExperimentSpec
 from components.evaluation.errors import EvaluationError
 from components.evaluation.io import read_json
+from components.experiments import ExperimentRef
 
 ACCEPTED, REJECTED = "accepted", "rejected"
 # Accuracy comparisons allow this much float noise: 0.90 - 0.89 is 0.010000000000000009
@@ -81,7 +80,7 @@ class Limits:
     max_drop_source: str
 
 
-def load_thresholds(path: str | pathlib.Path, experiments: Mapping[str, ExperimentSpec],
+def load_thresholds(path: str | pathlib.Path, experiments: Mapping[str, ExperimentRef],
                     known_datasets: Collection[str], known_models: Collection[str]) -> Thresholds:
     """Read and validate the thresholds file at ``path``.
 
@@ -122,7 +121,7 @@ def _unknown(kind: str, name: str, known: Collection[str], where: str) -> Evalua
     return EvaluationError(f"{where}: unknown {kind} '{name}' (known: {', '.join(sorted(known))}).{hint}")
 
 
-def validate_thresholds(thresholds: Thresholds, experiments: Mapping[str, ExperimentSpec],
+def validate_thresholds(thresholds: Thresholds, experiments: Mapping[str, ExperimentRef],
                         known_datasets: Collection[str], known_models: Collection[str]) -> None:
     """Check names and ranges in parsed thresholds; EvaluationError naming file and key."""
     source = thresholds.source
@@ -145,7 +144,7 @@ def validate_thresholds(thresholds: Thresholds, experiments: Mapping[str, Experi
         _check_fraction(limits.max_drop, f"{source}: experiments.{name}.max_drop")
 
 
-def limits_for(thresholds: Thresholds, spec: ExperimentSpec) -> Limits:
+def limits_for(thresholds: Thresholds, spec: ExperimentRef) -> Limits:
     """The limits for ``spec``: experiment override, else the (dataset, model) table, else defaults."""
     source = thresholds.source
     override = thresholds.experiments.get(spec.name, ExperimentLimits())
@@ -163,15 +162,13 @@ def limits_for(thresholds: Thresholds, spec: ExperimentSpec) -> Limits:
     return Limits(min_accuracy, min_source, max_drop, drop_source)
 
 
-def load_baseline(path: str | pathlib.Path, experiment: str | None = None,
-                  log: Callable[[str], None] = print) -> dict[str, Any] | None:
-    """The last accepted metrics of ``experiment`` (``metrics/<dataset>/<model>.accepted.json``), or None.
+def load_baseline(path: str | pathlib.Path, experiment: str | None = None) -> dict[str, Any] | None:
+    """The last accepted metrics of ``experiment`` (``metrics/<experiment>/accepted.json``), or None.
 
-    None when the file is absent, or (with a note) when it records another experiment:
-    experiments sharing a data set and model share the file, and a regression check
-    against another recipe's accuracy would be meaningless. A file that exists but does
-    not parse, or has no numeric ``accuracy``, is an error naming the file: silently
-    dropping the baseline would disable the regression check.
+    None when the file is absent or holds the "nothing accepted yet" marker. A file that
+    does not parse, has no numeric ``accuracy``, or records another experiment is an
+    error naming the file: silently dropping (or borrowing) the baseline would disable
+    the regression check.
     """
     path = pathlib.Path(path)
     if not path.exists():
@@ -187,18 +184,18 @@ def load_baseline(path: str | pathlib.Path, experiment: str | None = None,
                               f"delete it to evaluate without a baseline")
     recorded = data.get("experiment")
     if experiment is not None and recorded is not None and recorded != experiment:
-        log(f"note: {path} holds experiment '{recorded}', not '{experiment}'; no regression baseline this run")
-        return None
+        raise EvaluationError(f"{path}: holds the accepted metrics of experiment '{recorded}', expected "
+                              f"'{experiment}'; delete the file to evaluate without a baseline")
     return data
 
 
 def baseline_record(metrics: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-    """The content of ``<model>.accepted.json`` after an accepted evaluation: its metrics, marked accepted."""
+    """The content of ``accepted.json`` after an accepted evaluation: its metrics, marked accepted."""
     return {**metrics, "accepted": True, **extra}
 
 
 def no_baseline_record(experiment: str, dataset: str, model: str) -> dict[str, Any]:
-    """The ``<model>.accepted.json`` a rejected run writes when none exists yet.
+    """The ``accepted.json`` a rejected run writes when none exists yet.
 
     DVC requires every declared output to exist after the stage, and the accepted file
     is one (``persist: true``); this marker says "nothing accepted yet", which

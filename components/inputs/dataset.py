@@ -23,6 +23,7 @@ import pathlib
 
 import tensorflow as tf
 
+from components.compat import apply_keras_workarounds
 from components.data.errors import DataError
 from components.inputs.augment import Augmenter
 from components.inputs.config import AUTOTUNE, InputConfig
@@ -54,6 +55,7 @@ def build_dataset(data_dir: str | os.PathLike, split: str, config: InputConfig, 
     The shards are checked first (``config.verify_shards``), so bad input raises
     :class:`DataError` naming the file before any training step.
     """
+    apply_keras_workarounds()  # so Keras takes these batches under any strategy (components/compat.py)
     info = check_prepared(data_dir, (split,), mode=config.verify_shards)
     if num_examples(info, split) == 0:
         raise DataError(f"{pathlib.Path(data_dir)}: split '{split}' has no examples")

@@ -119,18 +119,24 @@ def log_run_inputs(config: dict, data_dir: pathlib.Path, dataset: str, stage: st
     mlflow.log_input(MetaDataset(source, name=dataset, digest=dataset_fingerprint(data_dir)), context="training")
 
 
-def log_run_outputs(model_dir: pathlib.Path, registered_name: str | None) -> str | None:
-    """Final figures, artifacts, and the model with signature and input example
-    (registered as ``registered_name`` unless None); returns the registered version."""
+def log_run_outputs(model_dir: pathlib.Path, metrics: dict, registered_name: str | None) -> dict:
+    """Final figures, artifacts, and the model with signature and input example (registered
+    as ``registered_name`` unless None), from the assembled ``model_dir`` before it is
+    published; returns ``metrics`` with the run id, registered name and version filled in.
+
+    ``train_metrics.json`` is logged from those completed metrics, byte for byte the file
+    the trainer then writes into ``model_dir``.
+    """
     import mlflow
     from mlflow.models import infer_signature
 
-    metrics = json.loads((model_dir / "train_metrics.json").read_text())
+    from components.training.trainer import metrics_json
+
     # Run-level summaries, named apart from the per-epoch series ("images_per_s" is one).
     summary = {"best_val_accuracy": metrics.get("best_val_accuracy"), "train_time_s": metrics.get("train_time_s"),
                "median_images_per_s": metrics.get("images_per_s")}
     mlflow.log_metrics({k: float(v) for k, v in summary.items() if v is not None})
-    for name in ("history.csv", "learning_curves.png", "model_summary.txt", "train_metrics.json"):
+    for name in ("history.csv", "learning_curves.png", "model_summary.txt"):
         mlflow.log_artifact(str(model_dir / name))
     model = keras.saving.load_model(model_dir / "model.keras")
     example = np.zeros((2, *model.input_shape[1:]), np.uint8)
@@ -142,7 +148,11 @@ def log_run_outputs(model_dir: pathlib.Path, registered_name: str | None) -> str
         local.mkdir()
         mlflow.keras.save_model(model, str(local), signature=signature, input_example=example)
         mlflow.log_artifacts(str(local), artifact_path="model")
-    if not registered_name:
-        return None
-    version = mlflow.register_model(f"runs:/{mlflow.active_run().info.run_id}/model", registered_name)
-    return str(version.version)
+    run_id = mlflow.active_run().info.run_id
+    version = None
+    if registered_name:
+        version = str(mlflow.register_model(f"runs:/{run_id}/model", registered_name).version)
+    completed = {**metrics, "mlflow_run_id": run_id, "registered_model_name": registered_name,
+                 "registered_model_version": version}
+    mlflow.log_text(metrics_json(completed).decode(), "train_metrics.json")
+    return completed

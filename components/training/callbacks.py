@@ -1,11 +1,18 @@
-"""Keras callbacks of the trainer: progress lines, history, and resumable checkpoints."""
+"""Keras callbacks of the trainer: progress lines, history, and resumable checkpoints;
+and the file-system steps that make its outputs all-or-nothing."""
 from __future__ import annotations
 
 import csv
+import ctypes
+import dataclasses
+import errno
 import io
 import json
 import os
 import pathlib
+import re
+import shutil
+import signal
 import sys
 import time
 
@@ -17,16 +24,95 @@ HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lear
 
 
 def current_learning_rate(optimizer) -> float:
-    """The rate the optimizer used for its last step (schedules evaluated at that step)."""
-    rate = optimizer.learning_rate
-    return float(keras.ops.convert_to_numpy(rate))
+    """The rate the optimizer used for its last step: a schedule evaluated at that step
+    (``optimizer.learning_rate`` evaluates it at the next one), or the plain rate."""
+    schedule = optimizer._learning_rate  # Keras keeps the schedule object here (3.x)
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        return float(keras.ops.convert_to_numpy(schedule(max(int(optimizer.iterations.numpy()) - 1, 0))))
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+# Tests only: "<point>" or "<point>:<epoch>" makes the process SIGKILL itself at that point
+# (see kill_point), to prove what a kill there leaves behind.
+KILL_AT_ENV = "CNN_ZOO_TEST_KILL_AT"
+
+
+def kill_point(point: str, epoch: int | None = None) -> None:
+    """SIGKILL this process here if ``$CNN_ZOO_TEST_KILL_AT`` names ``point`` (or ``point:epoch``).
+
+    Points: ``checkpoint-written`` (an epoch's files written, not yet committed),
+    ``checkpoint-committed`` (committed, older ones not yet pruned), ``model-staged``
+    (the model directory complete aside, not yet renamed into place).
+    """
+    wanted = os.environ.get(KILL_AT_ENV)
+    if wanted and wanted in (point, f"{point}:{epoch}"):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def write_atomically(path: pathlib.Path, data: bytes) -> None:
-    """Write via a temporary file and a rename, so a reader never sees half a file."""
+    """Write via a temporary file, fsync and a rename, so a reader never sees half a file."""
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp.write_bytes(data)
+    with open(temp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(temp, path)
+
+
+def fsync_directory(path: pathlib.Path) -> None:
+    """Flush a directory's entries (the names created or renamed in it) to disk."""
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def fsync_tree(path: pathlib.Path) -> None:
+    """fsync every file under ``path``, then the directories, deepest first."""
+    for directory, _, files in sorted(os.walk(path), key=lambda entry: -entry[0].count(os.sep)):
+        for name in files:
+            with open(os.path.join(directory, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_directory(pathlib.Path(directory))
+
+
+def replace_directory(staged: pathlib.Path, target: pathlib.Path) -> None:
+    """Put the complete directory ``staged`` at ``target``, replacing any previous one, in one step.
+
+    With a previous ``target``, Linux's ``renameat2(RENAME_EXCHANGE)`` swaps the two names
+    atomically, so ``target`` is at every instant either the old or the new directory.
+    Where that is unavailable (other systems, some file systems) the old one is moved
+    aside first, which leaves a moment with no ``target``. ``staged`` is gone afterwards.
+    """
+    fsync_tree(staged)
+    if not target.exists():
+        os.replace(staged, target)
+    elif _exchange(staged, target):
+        shutil.rmtree(staged)  # it now holds the previous directory
+    else:
+        previous = target.with_name(f".{target.name}.previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(target, previous)
+        os.replace(staged, target)
+        shutil.rmtree(previous, ignore_errors=True)
+    fsync_directory(target.parent)
+
+
+def _exchange(first: pathlib.Path, second: pathlib.Path) -> bool:
+    """Swap two paths atomically with renameat2(RENAME_EXCHANGE); False where that is unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:  # glibc < 2.28, musl
+        return False
+    at_fdcwd, rename_exchange = -100, 2  # <fcntl.h>, <linux/fs.h>
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # kernel or file system without it
+        return False
+    raise OSError(code, f"renameat2(RENAME_EXCHANGE) of {first} and {second}: {os.strerror(code)}")
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -89,43 +175,120 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-class Checkpointer(keras.callbacks.Callback):
-    """Saves everything needed to resume after each epoch, and the best weights so far.
+WEIGHTS_FILE = "model.weights.h5"  # in each epoch directory: model and optimizer variables (Keras wants .weights.h5)
+STATE_FILE = "state.json"  # in each epoch directory: completed epochs, history, best, fingerprint
+_EPOCH_DIR = re.compile(r"epoch-(\d{4,})")
 
-    ``last.weights.h5`` (model and optimizer state, so the step count and the schedule
-    continue), ``best.weights.h5`` (highest validation accuracy) and ``state.json``
-    (completed epochs, history, best score, fingerprint) are each replaced atomically,
-    state last: after a ``kill -9`` the directory always describes a completed epoch.
+
+def epoch_directory(directory: pathlib.Path, epoch: int) -> pathlib.Path:
+    """Where the checkpoint after ``epoch`` (1-based) lives: ``<directory>/epoch-NNNN``."""
+    return directory / f"epoch-{epoch:04d}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """One committed checkpoint: ``path`` (an epoch directory) and its state."""
+
+    path: pathlib.Path
+    state: dict
+
+    @property
+    def weights(self) -> pathlib.Path:
+        return self.path / self.state["weights"]
+
+    @property
+    def best_weights(self) -> pathlib.Path | None:
+        """The weights of the best epoch so far (kept in that epoch's own directory), if any."""
+        best = self.state.get("best_epoch")
+        return epoch_directory(self.path.parent, best) / WEIGHTS_FILE if best else None
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory that does not describe itself consistently."""
+
+
+def latest_checkpoint(directory: pathlib.Path) -> Checkpoint | None:
+    """The newest committed checkpoint in ``directory``, checked, or None.
+
+    An epoch directory gets its name only once its weights and state are on disk (see
+    :class:`Checkpointer`), so the highest ``epoch-NNNN`` is the last completed epoch;
+    ``epoch-NNNN.tmp`` leftovers of a kill are ignored.
+    """
+    epochs = sorted(int(m.group(1)) for p in (directory.iterdir() if directory.is_dir() else ())
+                    if (m := _EPOCH_DIR.fullmatch(p.name)) and p.is_dir())
+    if not epochs:
+        return None
+    path = epoch_directory(directory, epochs[-1])
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+        completed, weights = state["completed_epochs"], state["weights"]
+    except (OSError, json.JSONDecodeError, KeyError) as error:
+        raise CheckpointError(f"{path}: unreadable checkpoint state ({type(error).__name__}: {error})") from None
+    checkpoint = Checkpoint(path, state)
+    if completed != epochs[-1]:
+        raise CheckpointError(f"{path / STATE_FILE}: says completed_epochs={completed}, but it is the "
+                              f"checkpoint of epoch {epochs[-1]}")
+    for needed in (checkpoint.weights, checkpoint.best_weights):
+        if needed is not None and not needed.is_file():
+            raise CheckpointError(f"{path / STATE_FILE}: names {needed}, which is missing")
+    return checkpoint
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """After each epoch, saves everything needed to resume, as one unit, and keeps the best epoch's.
+
+    Epoch N is written to ``epoch-NNNN.tmp/`` (``model.weights.h5``: model and optimizer
+    variables, so the step count, the schedule, momentum and the weight average continue;
+    ``state.json``: completed epochs, history, best score and epoch, fingerprint),
+    fsynced, then renamed to ``epoch-NNNN``: that rename is the commit. Older epochs are
+    deleted afterwards, except the best one (its weights are the best weights). After a
+    ``kill -9`` anywhere, the highest ``epoch-NNNN`` holds the weights and the state of
+    the same completed epoch.
     """
 
     def __init__(self, directory: pathlib.Path, fingerprint: dict, history: list[dict], best: float,
-                 extra_state: dict | None = None, monitor: str = "val_accuracy"):
+                 best_epoch: int | None = None, extra_state: dict | None = None, monitor: str = "val_accuracy"):
         super().__init__()
         self.directory = directory
         self.fingerprint = fingerprint
         self.history = history
         self.best = best
+        self.best_epoch = best_epoch
         self.extra_state = dict(extra_state or {})
         self.monitor = monitor
 
+    @property
+    def best_weights(self) -> pathlib.Path | None:
+        """The best epoch's weights file so far, or None before the first epoch with a score."""
+        return epoch_directory(self.directory, self.best_epoch) / WEIGHTS_FILE if self.best_epoch else None
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in HISTORY_FIELDS[1:] if k in logs}}
-        self.history[:] = [r for r in self.history if r["epoch"] < epoch + 1] + [row]
-        self.directory.mkdir(parents=True, exist_ok=True)
+        completed = epoch + 1
+        row = {"epoch": completed, **{k: float(logs[k]) for k in HISTORY_FIELDS[1:] if k in logs}}
+        self.history[:] = [r for r in self.history if r["epoch"] < completed] + [row]
         score = logs.get(self.monitor)
         if score is not None and score > self.best:
-            self.best = float(score)
-            self._save_weights("best.weights.h5")
-        self._save_weights("last.weights.h5")
-        state = {"completed_epochs": epoch + 1, "best": self.best, "monitor": self.monitor,
-                 "fingerprint": self.fingerprint, "history": self.history, **self.extra_state}
-        write_atomically(self.directory / "state.json", json.dumps(state, indent=1).encode())
-
-    def _save_weights(self, name: str) -> None:
-        temp = self.directory / f".tmp-{name}"
-        self.model.save_weights(str(temp), overwrite=True)
-        os.replace(temp, self.directory / name)
+            self.best, self.best_epoch = float(score), completed
+        state = {"completed_epochs": completed, "weights": WEIGHTS_FILE, "best": self.best,
+                 "best_epoch": self.best_epoch, "monitor": self.monitor, "fingerprint": self.fingerprint,
+                 "history": self.history, **self.extra_state}
+        final = epoch_directory(self.directory, completed)
+        staged = final.with_name(f"{final.name}.tmp")
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir(parents=True)
+        self.model.save_weights(str(staged / WEIGHTS_FILE))
+        (staged / STATE_FILE).write_text(json.dumps(state, indent=1))
+        fsync_tree(staged)
+        kill_point("checkpoint-written", completed)
+        shutil.rmtree(final, ignore_errors=True)  # an older try at this epoch: never after a clean resume
+        os.replace(staged, final)
+        fsync_directory(self.directory)
+        kill_point("checkpoint-committed", completed)
+        keep = {final.name, epoch_directory(self.directory, self.best_epoch).name if self.best_epoch else None}
+        for path in self.directory.iterdir():
+            if path.name.startswith("epoch-") and path.name not in keep:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def write_history_csv(history: list[dict], path: pathlib.Path) -> None:

@@ -15,6 +15,7 @@ import dataclasses
 from typing import Any, Literal, Optional
 
 from components.config import ConfigError, from_dict, load_params
+from components.experiments import ExperimentPaths, resolve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,14 +143,16 @@ class ExperimentConfig:
 class TrainSettings:
     """The ``train`` section: settings shared by every experiment."""
 
-    data_root: str = "data/tfrecords"
     models_dir: str = "models"
     checkpoints_dir: str = "checkpoints"  # resumable state, outside DVC's outputs so it survives a kill
     mixed_precision: Literal["auto", "on", "off"] = "auto"  # auto: on with a GPU
     jit_compile: Literal["auto", "on", "off"] = "auto"  # auto: on with a GPU (XLA halves CPU speed here)
     distribute: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
     tracking: bool = True  # log to MLflow
-    register_model: bool = True  # register the exported model as <dataset>-<model>
+    register_model: bool = True  # register the exported model under the experiment's name
+    # Same seed, hardware and software -> byte-identical weights: seeds set, op determinism
+    # on, the input pipeline's order forced deterministic. Slower (README, Training).
+    deterministic: bool = False
     input: dict[str, Any] = dataclasses.field(default_factory=dict)  # components.inputs.InputConfig keys
 
 
@@ -163,34 +166,37 @@ class Experiment:
     recipe_name: str
     recipe: RecipeConfig
     model_hparams: dict[str, Any]
+    paths: ExperimentPaths  # where its data and outputs live (components.experiments)
+
+    @property
+    def registered_model_name(self) -> str:
+        """The MLflow registry name: the experiment's own name (see components.experiments)."""
+        return self.name
 
 
-def resolve_experiment(name: str, params: dict) -> Experiment:
-    """Look ``name`` up in ``experiments`` (or ``zoo``) and resolve its recipe with overrides."""
-    catalogue = {**(params.get("zoo") or {}), **(params.get("experiments") or {})}
-    if name not in catalogue:
-        raise ConfigError(f"params.yaml: unknown experiment {name!r}; defined under 'experiments' or 'zoo': "
-                          f"{', '.join(sorted(catalogue)) or 'none'}")
-    section = "experiments" if name in (params.get("experiments") or {}) else "zoo"
-    spec = from_dict(ExperimentConfig, catalogue[name], where=f"params.yaml:{section}.{name}")
+def resolve_experiment(name: str, params: dict, where: str = "params.yaml") -> Experiment:
+    """Look ``name`` up (``components.experiments.resolve``) and resolve its recipe with overrides."""
+    ref = resolve(name, params, where)
+    spec = from_dict(ExperimentConfig, ref.entry, where=f"{where}:{ref.where}")
     recipes = params.get("recipes") or {}
     if spec.recipe not in recipes:
-        raise ConfigError(f"params.yaml:{section}.{name}.recipe: unknown recipe {spec.recipe!r}; "
+        raise ConfigError(f"{where}:{ref.where}.recipe: unknown recipe {spec.recipe!r}; "
                           f"recipes: {', '.join(sorted(recipes)) or 'none'}")
     merged = _deep_merge(recipes[spec.recipe], spec.overrides)
-    recipe = from_dict(RecipeConfig, merged, where=f"params.yaml:recipes.{spec.recipe} (+ {section}.{name}.overrides)")
+    recipe = from_dict(RecipeConfig, merged, where=f"{where}:recipes.{spec.recipe} (+ {ref.where}.overrides)")
     from components.data import get_dataset
     from components.models import model_info
 
     get_dataset(spec.dataset)
     model_info(spec.model)
-    return Experiment(name, spec.dataset, spec.model, spec.recipe, recipe, dict(spec.model_hparams))
+    return Experiment(name, spec.dataset, spec.model, spec.recipe, recipe, dict(spec.model_hparams), ref.paths)
 
 
 def load_experiment(name: str, params_path: str = "params.yaml") -> tuple[Experiment, TrainSettings]:
+    """The experiment ``name`` (its data read where prepare writes it) and the ``train`` settings."""
     params = load_params(params_path)
     settings = from_dict(TrainSettings, params.get("train"), where=f"{params_path}:train")
-    return resolve_experiment(name, params), settings
+    return resolve_experiment(name, params, params_path), settings
 
 
 def _deep_merge(base: dict, overrides: dict) -> dict:

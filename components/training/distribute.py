@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 
+from components.compat import apply_keras_workarounds
 from components.config import ConfigError
 
 
@@ -35,23 +36,9 @@ def make_strategy(kind: str = "auto"):
     cluster = tf_config().get("cluster") or {}
     tasks = sum(len(v) for v in cluster.values())
     gpus = tf.config.list_physical_devices("GPU")
+    apply_keras_workarounds()  # Keras under a strategy: see components/compat.py
     if kind == "multi_worker" or (kind == "auto" and tasks > 1):
-        _report_worker_local_logs()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
-
-
-def _report_worker_local_logs() -> None:
-    """Work around Keras 3.15's multi-worker log reduction.
-
-    ``fit`` reduces each step's logs (scalars) with ``strategy.reduce("MEAN", v, axis=0)``
-    under MultiWorkerMirroredStrategy, which fails on scalars. With this, the logs are
-    reduced over the worker's own replicas instead. Only the reported loss and metrics
-    are affected (each worker shows its own); gradients are still all-reduced across
-    workers by the strategy.
-    """
-    from keras.src.backend.tensorflow import trainer as keras_tf_trainer
-
-    keras_tf_trainer._collective_all_reduce_multi_worker = lambda strategy: False

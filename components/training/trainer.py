@@ -4,18 +4,22 @@
 adds MLflow through ``callbacks``). It
 
 * checks the prepared data and every setting before the first step;
-* picks the strategy, mixed precision and XLA (on where they help: with a GPU);
+* picks the strategy, mixed precision and XLA (on where they help: with a GPU), and with
+  ``train.deterministic`` makes the run repeatable bit for bit;
 * resumes from ``<checkpoints_dir>/<experiment>/`` when a previous run was interrupted
-  (same command, continues after its last completed epoch, same total epochs);
+  (same command, continues after its last completed epoch with the optimizer state, the
+  schedule's step and the data order where they were, same total epochs);
 * keeps the best weights on validation accuracy and exports them, with normalisation
   built in, as ``<models_dir>/<experiment>/model.keras`` taking raw uint8 images;
 * writes ``history.csv``, ``train_metrics.json``, ``learning_curves.png`` and
-  ``model_summary.txt`` beside it. The model directory is assembled aside and renamed
-  into place, so it is complete or absent.
+  ``model_summary.txt`` beside it. The model directory is assembled aside, completed
+  (the caller's ``before_publish`` adds its records there), and swapped into place as
+  the last step, so it is the previous complete one or the new complete one.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -26,6 +30,7 @@ import time
 from typing import Callable, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from components.config import from_dict, to_dict
@@ -33,8 +38,10 @@ from components.data.errors import DataError
 from components.inputs import InputConfig, build_dataset, check_prepared, normalization_layer, steps_per_epoch
 from components.inputs.dataset import one_hot_labels
 from components.models import create_model, model_info
-from components.training.callbacks import Checkpointer, EpochTimer, ProgressLine, write_atomically, write_history_csv
-from components.training.config import Experiment, TrainSettings
+from components.training.callbacks import (STATE_FILE, Checkpoint, CheckpointError, Checkpointer, EpochTimer,
+                                           ProgressLine, kill_point, latest_checkpoint, replace_directory,
+                                           write_atomically, write_history_csv)
+from components.training.config import Experiment, RecipeConfig, TrainSettings
 from components.training.distribute import is_chief, make_strategy
 from components.training.schedules import build_optimizer, build_schedule, plateau_callback
 
@@ -52,10 +59,40 @@ class TrainResult:
 
 
 def input_config(experiment: Experiment, settings: TrainSettings) -> InputConfig:
-    """The input pipeline's config: the stage's shared knobs plus the recipe's batch, augmentation and seed."""
+    """The input pipeline's effective config: what the trainer builds its data sets with,
+    the checkpoint fingerprint holds and MLflow logs.
+
+    The stage's shared knobs plus the recipe's batch, augmentation and seed, and what the
+    recipe and settings imply: one-hot labels when the recipe smooths labels (its loss
+    needs rows), a deterministic order with ``train.deterministic``.
+    """
     recipe = experiment.recipe
     merged = {**settings.input, "batch_size": recipe.batch_size, "augment": list(recipe.augment), "seed": recipe.seed}
-    return from_dict(InputConfig, merged, where=f"train.input (+ recipe {experiment.recipe_name})")
+    inputs = from_dict(InputConfig, merged, where=f"train.input (+ recipe {experiment.recipe_name})")
+    if recipe.label_smoothing > 0 and not one_hot_labels(inputs):
+        inputs = dataclasses.replace(inputs, labels="one_hot")
+    if settings.deterministic and not inputs.deterministic:
+        inputs = dataclasses.replace(inputs, deterministic=True)
+    return inputs
+
+
+def loss_and_accuracy(recipe: RecipeConfig, inputs: InputConfig):
+    """The loss (from logits) and accuracy metric for the labels ``inputs`` yields:
+    categorical, with the recipe's label smoothing, for one-hot rows; sparse for class ids.
+    Create them under the strategy's scope (the metric has variables)."""
+    if one_hot_labels(inputs):
+        return (keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=recipe.label_smoothing),
+                keras.metrics.CategoricalAccuracy(name="accuracy"))
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True), keras.metrics.SparseCategoricalAccuracy(
+        name="accuracy")
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy, TensorFlow and Keras; with ``deterministic`` also turn on
+    TensorFlow's op determinism (process-wide: same inputs and hardware, same bits)."""
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
 def fingerprint(experiment: Experiment, inputs: InputConfig) -> dict:
@@ -85,44 +122,26 @@ def build_training_model(experiment: Experiment, info: dict, inputs: InputConfig
     core = create_model(experiment.model, image_shape, info["num_classes"], **model_hparams(experiment))
     raw = keras.Input(image_shape, name="image")
     logits = core(normalization_layer(info, inputs)(raw))
-    return _LocalBatchBuildModel(raw, logits, name=f"{experiment.dataset}-{experiment.model}")
-
-
-class _LocalBatchBuildModel(keras.Model):
-    """A functional model whose first ``fit`` builds from this worker's own batch.
-
-    Keras 3.15 all-reduces the first distributed batch ("MEAN") only to learn its shapes,
-    and that reduce fails under MultiWorkerMirroredStrategy. The local replica's batch
-    has the same shapes, so build from it instead. Exported models are plain
-    ``keras.Model``s (see :func:`export`).
-    """
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if self._distribute_strategy is None or iterator is None or data_batch is not None:
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        for _, _, batches in iterator:
-            batch = next(batches)
-            local = self.distribute_strategy.experimental_local_results
-            data_batch = tf.nest.map_structure(
-                lambda value: local(value)[0] if isinstance(value, tf.distribute.DistributedValues) else value, batch)
-            break
-        with self.distribute_strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
+    return keras.Model(raw, logits, name=f"{experiment.dataset}-{experiment.model}")
 
 
 def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbacks: Sequence[keras.callbacks.Callback] = (),
                      resume_state: Callable[[dict], None] | None = None, extra_state: dict | None = None,
+                     before_publish: Callable[[pathlib.Path, dict], dict] | None = None,
                      log: Callable[[str], None] = print) -> TrainResult:
-    """Train ``experiment`` to completion (resuming if a checkpoint matches) and export it.
+    """Train ``experiment`` to completion (resuming if a checkpoint matches) and publish it.
 
     ``resume_state`` is called with the checkpoint's saved state before training resumes
     (the MLflow edge uses it to continue the same run); ``extra_state`` is stored with
-    every checkpoint.
+    every checkpoint. ``before_publish(staged_dir, metrics) -> metrics`` runs on the chief
+    once the model directory is complete aside, before it is swapped into place; what it
+    returns becomes ``train_metrics.json`` (the MLflow edge adds its run id and registered
+    version there), and nothing writes to the directory once it is published.
     """
     # First: a multi-worker strategy must exist before anything initialises TensorFlow.
     strategy = make_strategy(settings.distribute)
     recipe = experiment.recipe
-    data_dir = pathlib.Path(settings.data_root) / experiment.dataset
+    data_dir = experiment.paths.data
     try:
         info = check_prepared(data_dir, ("train", "validation"), mode=(settings.input or {}).get("verify_shards", "full"))
     except DataError as error:
@@ -133,7 +152,7 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
     mixed = settings.mixed_precision == "on" or (settings.mixed_precision == "auto" and gpu)
     jit = settings.jit_compile == "on" or (settings.jit_compile == "auto" and gpu)
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
-    keras.utils.set_random_seed(recipe.seed)
+    seed_everything(recipe.seed, settings.deterministic)
 
     per_epoch = steps_per_epoch(info, "train", recipe.batch_size, inputs.drop_remainder)
     if per_epoch < 1:
@@ -142,157 +161,232 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
     epochs = math.ceil(recipe.steps / per_epoch) if recipe.steps else recipe.epochs
     log(f"[train] {experiment.name}: {experiment.model} on {experiment.dataset}, recipe {experiment.recipe_name}, "
         f"{epochs} epochs x {per_epoch} steps of {recipe.batch_size}, {strategy.num_replicas_in_sync} replica(s), "
-        f"{'GPU' if gpu else 'CPU'}, mixed precision {'on' if mixed else 'off'}, XLA {'on' if jit else 'off'}")
+        f"{'GPU' if gpu else 'CPU'}, mixed precision {'on' if mixed else 'off'}, XLA {'on' if jit else 'off'}, "
+        f"deterministic {'on' if settings.deterministic else 'off'}")
 
     checkpoint_dir = pathlib.Path(settings.checkpoints_dir) / experiment.name
     if not is_chief():  # other workers checkpoint too (collectives need them), somewhere private
         checkpoint_dir = checkpoint_dir.with_name(f"{experiment.name}.worker-{os.getpid()}")
     wanted = fingerprint(experiment, inputs)
-    state = load_checkpoint_state(checkpoint_dir, wanted, log)
+    checkpoint = load_checkpoint(checkpoint_dir, wanted, log)
 
     with strategy.scope():
         model = build_training_model(experiment, info, inputs)
         schedule = build_schedule(recipe.optimizer, recipe.schedule, per_epoch, epochs)
         optimizer = build_optimizer(recipe.optimizer, schedule, recipe.ema_decay)
-        soft_labels = one_hot_labels(inputs) or recipe.label_smoothing > 0
-        if soft_labels:
-            loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=recipe.label_smoothing)
-            accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
-        else:
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-            accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        loss, accuracy = loss_and_accuracy(recipe, inputs)
         model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy], jit_compile=jit)
-        if state:
+        if checkpoint:
             optimizer.build(model.trainable_variables)
-            model.load_weights(str(checkpoint_dir / "last.weights.h5"))
-    if soft_labels and not one_hot_labels(inputs):
-        inputs = dataclasses.replace(inputs, labels="one_hot")  # label smoothing needs one-hot rows
+            model.load_weights(str(checkpoint.weights))  # the optimizer's variables too: step, slots, average
     train_data = build_dataset(data_dir, "train", inputs, training=True)
-    validation_data = build_dataset(data_dir, "validation", inputs, training=False)
+    # Evaluation keeps every example: ceil(examples / batch) batches, checked as they are read.
+    validation_batches = steps_per_epoch(info, "validation", recipe.batch_size, drop_remainder=False)
+    validation_data = build_dataset(data_dir, "validation", inputs, training=False).apply(
+        tf.data.experimental.assert_cardinality(validation_batches))
 
-    history = list(state["history"]) if state else []
-    initial_epoch = state["completed_epochs"] if state else 0
-    if state and resume_state:
-        resume_state(state)
-    checkpointer = Checkpointer(checkpoint_dir, wanted, history, state["best"] if state else -1.0, extra_state)
+    state = checkpoint.state if checkpoint else {}
+    history = list(state.get("history", []))
+    initial_epoch = state.get("completed_epochs", 0)
+    if checkpoint:
+        log(f"[train] resuming {experiment.name} after epoch {initial_epoch} of {epochs} at optimizer step "
+            f"{int(optimizer.iterations.numpy())} from {checkpoint.path}")
+        if resume_state:
+            resume_state(state)
+    checkpointer = Checkpointer(checkpoint_dir, wanted, history, state.get("best", -1.0), state.get("best_epoch"),
+                                extra_state)
     all_callbacks = [EpochTimer(per_epoch * recipe.batch_size), plateau_callback(recipe.optimizer, recipe.schedule),
                      checkpointer, ProgressLine(epochs), *callbacks]
     started = time.perf_counter()
     if initial_epoch < epochs:
-        if initial_epoch:
-            log(f"[train] resuming {experiment.name} after epoch {initial_epoch} of {epochs} from {checkpoint_dir}")
-        # A finite dataset and no steps_per_epoch: Keras iterates it afresh each epoch, so
-        # every epoch reshuffles and draws new augmentations.
-        model.fit(train_data, validation_data=validation_data, epochs=epochs, initial_epoch=initial_epoch,
-                  callbacks=[c for c in all_callbacks if c is not None], verbose=0)
+        epoch_data = one_pass_per_epoch(train_data, per_epoch, initial_epoch, exact=not inputs.data_service)
+        model.fit(epoch_data, steps_per_epoch=per_epoch, validation_data=validation_data, epochs=epochs,
+                  initial_epoch=initial_epoch, callbacks=[c for c in all_callbacks if c is not None], verbose=0)
+    elif recipe.ema_decay > 0:
+        with strategy.scope():
+            swap_in_moving_average(model)
     train_time = time.perf_counter() - started + sum(r.get("epoch_time_s", 0) for r in history[:initial_epoch])
 
-    selected = select_exported_weights(model, checkpoint_dir, recipe.ema_decay > 0, validation_data, log)
+    selected, candidates = select_exported_weights(model, checkpointer.best_weights, recipe.ema_decay > 0,
+                                                   validation_data, log)
+    digest = weights_digest(model)
     metrics = {
         "experiment": experiment.name, "dataset": experiment.dataset, "model": experiment.model,
         "recipe": experiment.recipe_name, "epochs": epochs, "steps_per_epoch": per_epoch,
         "best_val_accuracy": max((r.get("val_accuracy", 0) for r in history), default=None),
         "final_val_accuracy": history[-1].get("val_accuracy") if history else None,
         "final_train_accuracy": history[-1].get("accuracy") if history else None,
+        "best_epoch": checkpointer.best_epoch,
         "exported_weights": selected,
+        "export_candidates": candidates,  # with EMA: each candidate's validation loss and accuracy
+        "weights_sha256": digest,  # of the exported weights: equal digests, identical weights
         "train_time_s": round(train_time, 1),
         # The first epoch includes tracing and warm-up; the steady rate is what the others show.
         "images_per_s": round(statistics.median([r.get("images_per_s", 0) for r in history[1:] or history] or [0]), 1),
         "params": int(model.count_params()),
         "replicas": strategy.num_replicas_in_sync, "mixed_precision": mixed, "jit_compile": jit,
-        # Filled in by the MLflow edge when tracking is on.
+        "deterministic": settings.deterministic,
+        # Filled in by the MLflow edge (before_publish) when tracking is on.
         "mlflow_run_id": None, "registered_model_name": None, "registered_model_version": None,
     }
-    model_dir = pathlib.Path(settings.models_dir) / experiment.name
+    model_dir = experiment.paths.model_dir
     if is_chief():
-        export(model, experiment, history, metrics, model_dir)
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
-    else:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        metrics = publish(model, experiment, history, metrics, model_dir, before_publish)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
     log(f"[train] {experiment.name}: best val_accuracy {metrics['best_val_accuracy']:.4f}, "
-        f"{metrics['train_time_s']:.0f} s, {metrics['images_per_s']:,.0f} img/s -> {model_dir}")
+        f"{metrics['train_time_s']:.0f} s, {metrics['images_per_s']:,.0f} img/s, weights sha256 {digest}"
+        + (f" -> {model_dir}" if is_chief() else ""))
     return TrainResult(experiment.name, model_dir, history, metrics)
+
+
+def one_pass_per_epoch(train_data: tf.data.Dataset, per_epoch: int, completed_epochs: int,
+                       exact: bool = True) -> tf.data.Dataset:
+    """The endless stream ``fit`` trains on: ``train_data``'s passes one after another, each
+    checked (``exact``) to hold exactly ``per_epoch`` batches, the first being epoch
+    ``completed_epochs + 1``'s. Through the tf.data service a pass's count varies (each
+    service worker drops its own last partial batch), so there it is not checked and an
+    epoch is ``per_epoch`` batches of the stream.
+
+    Each pass draws its own shuffle and augmentation seeds from streams that start afresh
+    in every process; Keras keeps one iterator over the stream, so epoch e trains on the
+    e-th draw. A resumed run first moves the streams on by ``completed_epochs`` (making an
+    iterator draws a pass's seeds; no data is read), so it does not replay epoch 1's
+    order. (With ``cache`` on, the cached file order is the first pass the process
+    completes, so it still differs from the uninterrupted run's.) With ``steps_per_epoch``
+    given, Keras also never steps into an exhausted iterator: on a finite data set of
+    unknown size Keras 3.15 does, once per epoch, and counts an optimizer step that
+    updates nothing but moves the learning-rate schedule on.
+    """
+    one_pass = train_data.apply(tf.data.experimental.assert_cardinality(per_epoch)) if exact else train_data
+    for _ in range(completed_epochs):
+        iter(one_pass)
+    return one_pass.repeat()
+
+
+def swap_in_moving_average(model: keras.Model) -> None:
+    """Load the optimizer's moving average of the weights into the model, as ``fit`` does
+    when it ends (``finalize_variable_values``). A run resumed after its last epoch was
+    checkpointed does not call fit, so its restored average must be swapped in here."""
+    model.optimizer.finalize_variable_values(model.trainable_variables)
+
+
+def weights_digest(model: keras.Model) -> str:
+    """sha256 over every weight array (dtype, shape, bytes) in order: equal digests, identical weights."""
+    digest = hashlib.sha256()
+    for array in model.get_weights():
+        digest.update(f"{array.dtype.str}{array.shape};".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def resumable_run_id(experiment: Experiment, settings: TrainSettings) -> str | None:
     """The MLflow run of an interrupted training that this command would resume, if any."""
-    state_path = pathlib.Path(settings.checkpoints_dir) / experiment.name / "state.json"
     try:
-        state = json.loads(state_path.read_text())
-    except (OSError, json.JSONDecodeError):
+        checkpoint = latest_checkpoint(pathlib.Path(settings.checkpoints_dir) / experiment.name)
+    except CheckpointError:
         return None
-    if state.get("fingerprint") != fingerprint(experiment, input_config(experiment, settings)):
+    if checkpoint is None or checkpoint.state.get("fingerprint") != fingerprint(experiment,
+                                                                                 input_config(experiment, settings)):
         return None
-    return state.get("mlflow_run_id")
+    return checkpoint.state.get("mlflow_run_id")
 
 
-def load_checkpoint_state(directory: pathlib.Path, wanted: dict, log) -> dict | None:
-    """The saved state if ``directory`` holds a resumable checkpoint of this experiment.
+def load_checkpoint(directory: pathlib.Path, wanted: dict, log) -> Checkpoint | None:
+    """The newest checkpoint in ``directory`` if it resumes this experiment, else None.
 
     A checkpoint of another model or data set is an error (it would be silently lost
-    otherwise); one of the same model with other settings is set aside, and training
-    starts over.
+    otherwise); one of the same model with other settings, or in an older trainer's
+    layout, is set aside, and training starts over.
     """
-    state_path = directory / "state.json"
-    if not state_path.exists():
+    if (directory / STATE_FILE).exists():  # the layout before epoch directories
+        _set_aside(directory, "the checkpoint in {directory} is in an older trainer's layout", log)
         return None
     try:
-        state = json.loads(state_path.read_text())
-        saved = state["fingerprint"]
-    except (json.JSONDecodeError, KeyError) as error:
-        raise TrainingError(f"{state_path}: unreadable checkpoint state ({error}); delete {directory} to start over") from None
+        checkpoint = latest_checkpoint(directory)
+    except CheckpointError as error:
+        raise TrainingError(f"{error}; delete {directory} to start over") from None
+    if checkpoint is None:
+        return None
+    saved = checkpoint.state.get("fingerprint") or {}
     for key in ("model", "dataset"):
         if saved.get(key) != wanted[key]:
             raise TrainingError(f"{directory}: checkpoint is of {key} {saved.get(key)!r}, this experiment trains "
                                 f"{wanted[key]!r}; delete {directory} (or rename the experiment) to start over")
-    if saved != wanted or not (directory / "last.weights.h5").exists():
-        stale = directory.with_name(f"{directory.name}.stale-{int(time.time())}")
-        os.replace(directory, stale)
-        log(f"[train] settings changed since the checkpoint in {directory}; starting over (old one kept in {stale})")
+    if saved != wanted:
+        _set_aside(directory, "settings changed since the checkpoint in {directory}", log)
         return None
-    return state
+    return checkpoint
 
 
-def select_exported_weights(model: keras.Model, checkpoint_dir: pathlib.Path, has_ema: bool, validation_data, log) -> str:
+def _set_aside(directory: pathlib.Path, reason: str, log) -> None:
+    stale = directory.with_name(f"{directory.name}.stale-{int(time.time())}")
+    os.replace(directory, stale)
+    log(f"[train] {reason.format(directory=directory)}; starting over (old one kept in {stale})")
+
+
+def select_exported_weights(model: keras.Model, best_weights: pathlib.Path | None, has_ema: bool, validation_data,
+                            log) -> tuple[str, dict | None]:
     """Load the weights to export: the best epoch on validation accuracy, or the weight
-    average when it does better on validation. Returns which was chosen."""
-    best_path = checkpoint_dir / "best.weights.h5"
+    average when it does better on validation. Returns which was chosen and, with
+    ``has_ema``, both candidates' validation loss and accuracy (the grounds of the choice).
+
+    With ``has_ema`` the model holds the moving average on entry (``fit`` swaps it in
+    when it ends; :func:`swap_in_moving_average` when fit did not run).
+    """
     if not has_ema:
-        if best_path.exists():
-            model.load_weights(str(best_path))
-        return "best_epoch"
-    # fit() ended with the moving average swapped in; compare it with the best epoch.
-    ema_accuracy = model.evaluate(validation_data, verbose=0, return_dict=True)["accuracy"]
+        if best_weights is not None:
+            model.load_weights(str(best_weights))
+        return "best_epoch", None
+    candidates = {"ema": _validation_figures(model, validation_data)}
     ema_weights = model.get_weights()
-    if best_path.exists():
-        model.load_weights(str(best_path))
-        best_accuracy = model.evaluate(validation_data, verbose=0, return_dict=True)["accuracy"]
+    if best_weights is not None:
+        model.load_weights(str(best_weights))
+        candidates["best_epoch"] = _validation_figures(model, validation_data)
+        best_accuracy, ema_accuracy = candidates["best_epoch"]["val_accuracy"], candidates["ema"]["val_accuracy"]
         if best_accuracy >= ema_accuracy:
             log(f"[train] exporting the best epoch (val_acc {best_accuracy:.4f} >= EMA {ema_accuracy:.4f})")
-            return "best_epoch"
+            return "best_epoch", candidates
     model.set_weights(ema_weights)
-    log(f"[train] exporting the EMA weights (val_acc {ema_accuracy:.4f})")
-    return "ema"
+    log(f"[train] exporting the EMA weights (val_acc {candidates['ema']['val_accuracy']:.4f})")
+    return "ema", candidates
 
 
-def export(model: keras.Model, experiment: Experiment, history: list[dict], metrics: dict, model_dir: pathlib.Path) -> None:
-    """Write the model directory aside, then rename it into place (complete or absent)."""
-    temp = model_dir.with_name(f".{model_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir(parents=True)
+def _validation_figures(model: keras.Model, validation_data) -> dict:
+    figures = model.evaluate(validation_data, verbose=0, return_dict=True)
+    return {"val_loss": float(figures["loss"]), "val_accuracy": float(figures["accuracy"])}
+
+
+def metrics_json(metrics: dict) -> bytes:
+    """``train_metrics.json``'s bytes (MLflow logs the same bytes as the run's artifact)."""
+    return (json.dumps(metrics, indent=2) + "\n").encode()
+
+
+def publish(model: keras.Model, experiment: Experiment, history: list[dict], metrics: dict, model_dir: pathlib.Path,
+            before_publish: Callable[[pathlib.Path, dict], dict] | None = None) -> dict:
+    """Assemble the model directory aside, let ``before_publish`` complete the metrics, write
+    them, and swap the directory into place: the last step, so ``model_dir`` is always a
+    complete directory, the previous or the new one. Returns the metrics written."""
+    staged = model_dir.with_name(f".{model_dir.name}.staged")
+    shutil.rmtree(staged, ignore_errors=True)  # a killed run's leftover
+    staged.mkdir(parents=True)
+    write_model_files(model, experiment, history, staged)
+    if before_publish is not None:
+        metrics = before_publish(staged, dict(metrics))
+    write_atomically(staged / "train_metrics.json", metrics_json(metrics))
+    kill_point("model-staged")
+    replace_directory(staged, model_dir)
+    return metrics
+
+
+def write_model_files(model: keras.Model, experiment: Experiment, history: list[dict], directory: pathlib.Path) -> None:
+    """``model.keras``, ``history.csv``, ``model_summary.txt`` and ``learning_curves.png`` into ``directory``."""
     # A fresh functional wrapper is not compiled, so the file holds no optimizer state.
-    keras.Model(model.input, model.output, name=model.name).save(temp / "model.keras")
-    write_history_csv(history, temp / "history.csv")
-    write_atomically(temp / "train_metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+    keras.Model(model.input, model.output, name=model.name).save(directory / "model.keras")
+    write_history_csv(history, directory / "history.csv")
     lines: list[str] = []
     model.summary(print_fn=lambda line, *_, **__: lines.append(line), expand_nested=True)
-    (temp / "model_summary.txt").write_text("\n".join(lines) + "\n")
-    plot_learning_curves(history, temp / "learning_curves.png", title=experiment.name)
-    old = model_dir.with_name(f".{model_dir.name}.old-{os.getpid()}")
-    if model_dir.exists():
-        os.replace(model_dir, old)
-    os.replace(temp, model_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    (directory / "model_summary.txt").write_text("\n".join(lines) + "\n")
+    plot_learning_curves(history, directory / "learning_curves.png", title=experiment.name)
 
 
 def plot_learning_curves(history: list[dict], path: pathlib.Path, title: str) -> None:

@@ -1,0 +1,91 @@
+"""Workarounds for bugs in the libraries we depend on: all of them, here, and nowhere else.
+
+Each workaround names the library code it works around, the versions it was checked
+against, and what goes wrong without it; each has a test that fails once the library
+no longer needs it (``tests/test_compat.py``), so it can be removed rather than linger.
+:func:`apply_keras_workarounds` installs them; it is idempotent and cheap, and is called
+wherever our code hands data to Keras under a ``tf.distribute`` strategy (the input
+pipeline and the strategy factory).
+
+1. **Keras builds a distributed model from the MEAN of the replicas' first batches.**
+   ``TensorFlowTrainer._maybe_symbolic_build`` (keras/src/backend/tensorflow/trainer.py,
+   3.x up to at least 3.15.1) calls ``strategy.reduce("MEAN", first_batch, axis=None)``
+   only to learn the batch's shapes and dtypes. That all-reduce needs every replica's
+   batch to have the same shape, so ``evaluate`` / ``fit`` / ``predict`` fail before the
+   first step whenever the first global batch does not split evenly (a split of 17
+   examples at global batch 32 over two replicas: 9 and 8, or 16 and 1 through
+   ``distribute_datasets_from_function``), and under MultiWorkerMirroredStrategy the
+   collective fails outright. Fix: build from this worker's first replica's batch, which
+   has the same structure, dtypes and per-example shapes. No upstream issue tracks it;
+   the Keras maintainers' position on Keras 3 + MultiWorkerMirroredStrategy is
+   https://github.com/keras-team/keras/issues/20585.
+2. **Keras reduces per-step logs across workers with an all-reduce that fails on scalars.**
+   ``reduce_per_replica(..., "mean")`` under MultiWorkerMirroredStrategy calls
+   ``strategy.reduce("MEAN", v, axis=0)`` on scalar losses and metrics. Fix: report each
+   worker's logs reduced over its own replicas (``_collective_all_reduce_multi_worker``
+   answers False). Gradients are still all-reduced across workers by the strategy; only
+   the printed loss and metrics are per worker. Same upstream position (keras#20585).
+"""
+from __future__ import annotations
+
+import functools
+
+# Keras versions the workarounds were checked against. Outside this range they are not
+# applied blindly: apply_keras_workarounds raises, so an upgrade is a decision, not a surprise.
+KERAS_CHECKED = ((3, 0), (3, 15))
+UPSTREAM = "https://github.com/keras-team/keras/issues/20585"
+# What each workaround replaced, by name, so tests can show the library still needs it.
+ORIGINALS: dict[str, object] = {}
+
+
+class CompatError(RuntimeError):
+    """A workaround that no longer fits the installed library version."""
+
+
+def keras_version() -> tuple[int, int]:
+    """(major, minor) of the installed Keras."""
+    import keras
+
+    major, minor = keras.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+@functools.cache
+def apply_keras_workarounds() -> None:
+    """Install the Keras workarounds of this module (once per process)."""
+    low, high = KERAS_CHECKED
+    version = keras_version()
+    if not low <= version <= high:
+        raise CompatError(f"keras {'.'.join(map(str, version))} is outside the versions the workarounds in "
+                          f"{__name__} were checked against ({low[0]}.{low[1]} to {high[0]}.{high[1]}); run "
+                          f"tests/test_compat.py, then widen KERAS_CHECKED or drop what is fixed ({UPSTREAM})")
+    from keras.src.backend.tensorflow import trainer as keras_tf_trainer
+
+    if not hasattr(keras_tf_trainer.TensorFlowTrainer, "_maybe_symbolic_build"):
+        raise CompatError(f"keras {keras_version()}: TensorFlowTrainer._maybe_symbolic_build is gone; "
+                          f"re-check workaround 1 of {__name__}")
+    ORIGINALS.setdefault("_maybe_symbolic_build", keras_tf_trainer.TensorFlowTrainer._maybe_symbolic_build)
+    keras_tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _build_from_local_batch
+    if not hasattr(keras_tf_trainer, "_collective_all_reduce_multi_worker"):
+        raise CompatError(f"keras {keras_version()}: _collective_all_reduce_multi_worker is gone; "
+                          f"re-check workaround 2 of {__name__}")
+    ORIGINALS.setdefault("_collective_all_reduce_multi_worker", keras_tf_trainer._collective_all_reduce_multi_worker)
+    keras_tf_trainer._collective_all_reduce_multi_worker = lambda strategy: False
+
+
+def _build_from_local_batch(self, iterator=None, data_batch=None):
+    """``TensorFlowTrainer._maybe_symbolic_build`` building from one replica's batch (workaround 1)."""
+    import tensorflow as tf
+
+    if self._distribute_strategy is None:
+        return  # as Keras: without a strategy, building waits for the first traced step
+    if iterator is not None and data_batch is None:
+        for _, _, batches in iterator:
+            batch = next(batches)
+            local = self.distribute_strategy.experimental_local_results
+            data_batch = tf.nest.map_structure(
+                lambda value: local(value)[0] if isinstance(value, tf.distribute.DistributedValues) else value,
+                batch)
+            break
+    with self.distribute_strategy.scope():
+        self._symbolic_build(data_batch=data_batch)

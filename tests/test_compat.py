@@ -1,0 +1,73 @@
+"""Each workaround in components/compat.py is still needed, and still works.
+
+When a Keras upgrade fixes a bug, the "still needed" test fails: drop the workaround then.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from components import compat
+from tests.conftest import REPO
+
+# Two replicas, one global batch of 17 examples: replica batches of 9 and 8.
+UNEVEN_FIRST_BATCH = r"""
+import sys
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from keras.src.backend.tensorflow import trainer as keras_tf_trainer
+from components import compat
+
+compat.apply_keras_workarounds()
+if sys.argv[1] == "original":
+    keras_tf_trainer.TensorFlowTrainer._maybe_symbolic_build = compat.ORIGINALS["_maybe_symbolic_build"]
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+x = np.arange(17 * 4, dtype="float32").reshape(17, 4) / 68
+y = np.arange(17) % 3
+data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+try:
+    figures = model.evaluate(data, verbose=0, return_dict=True)
+except tf.errors.InvalidArgumentError as error:
+    print("FAILED", str(error).splitlines()[0][:200])
+else:
+    print("SCORED", figures["accuracy"])
+"""
+
+
+def run_uneven_first_batch(variant: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    completed = subprocess.run([sys.executable, "-c", UNEVEN_FIRST_BATCH, variant], capture_output=True, text=True,
+                               env=env, cwd=REPO, timeout=240)
+    lines = [line for line in completed.stdout.splitlines() if line.startswith(("FAILED", "SCORED"))]
+    assert completed.returncode == 0 and lines, completed.stderr[-3000:]
+    return lines[-1]
+
+
+def test_keras_still_builds_from_the_mean_of_the_replicas_first_batches():
+    """Without workaround 1 an uneven first batch fails before any step. If this starts to
+    pass, Keras is fixed: remove the workaround."""
+    outcome = run_uneven_first_batch("original")
+    assert outcome.startswith("FAILED") and "AddN" in outcome, outcome
+
+
+def test_workaround_builds_from_the_local_batch():
+    assert run_uneven_first_batch("patched").startswith("SCORED")
+
+
+def test_versions_outside_the_checked_range_are_refused(monkeypatch):
+    compat.apply_keras_workarounds()  # the installed version is in range
+    compat.apply_keras_workarounds.cache_clear()
+    monkeypatch.setattr(compat, "keras_version", lambda: (3, compat.KERAS_CHECKED[1][1] + 1))
+    with pytest.raises(compat.CompatError, match="outside the versions"):
+        compat.apply_keras_workarounds()
+    compat.apply_keras_workarounds.cache_clear()
