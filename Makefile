@@ -5,7 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED ?= ../shared/datasets
 
-.PHONY: setup raw-data repro zoo test test-fast bench clean
+.PHONY: setup raw-data repro remote push pull zoo test test-fast bench clean
+DVC := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc
+# Where `make push` / `make pull` keep results: the remote 'local' of .dvc/config (a folder
+# beside this checkout) unless DVC_REMOTE_URL names another (a path, s3://, gs://, ssh://...;
+# see README, "Share and restore results"). It is written to .dvc/config.local (not committed).
+DVC_REMOTE_URL ?=
 
 setup: $(VENV)/.installed
 
@@ -18,15 +23,33 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # The offline raw data: Fashion-MNIST's IDX files and CIFAR-10's canonical archive,
-# written from ../shared/datasets when it is there (see README, "Data").
+# written from ../shared/datasets when it is there (byte for byte the files that
+# data/raw/*.dvc record), else pulled from the DVC remote (see README, "Data").
 raw-data: setup
 	@if [ -d $(SHARED)/fashion-mnist ] && [ ! -f data/raw/fashion_mnist/train-images-idx3-ubyte.gz ]; then \
 	  mkdir -p data/raw/fashion_mnist && cp $(SHARED)/fashion-mnist/*.gz data/raw/fashion_mnist/; fi
 	@if [ -f $(SHARED)/build_cifar10_binary.py ] && [ ! -f data/raw/cifar10/cifar-10-binary.tar.gz ]; then \
 	  $(PY) $(SHARED)/build_cifar10_binary.py data/raw/cifar10; fi
+	@for dataset in fashion_mnist cifar10; do \
+	  if [ ! -d data/raw/$$dataset ]; then $(DVC) pull data/raw/$$dataset.dvc || \
+	    echo "note: data/raw/$$dataset is neither in $(SHARED) nor on the DVC remote; prepare will download it"; fi; \
+	done
 
+# The pipeline, then what `make push` would upload (everything it made is in DVC's cache).
 repro: raw-data
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
+	$(DVC) repro
+	@echo "Outputs are in DVC's cache; 'make push' shares them (remote: $$($(DVC) remote list | head -1))."
+	@$(DVC) status --cloud || true
+
+remote: setup
+	@if [ -n "$(DVC_REMOTE_URL)" ]; then $(DVC) remote modify --local local url "$(DVC_REMOTE_URL)"; fi
+	@$(DVC) remote list
+
+push: remote
+	$(DVC) push
+
+pull: remote
+	$(DVC) pull
 
 # The whole zoo at the papers' budgets (GPU machines): train and evaluate each `zoo` experiment.
 zoo: raw-data

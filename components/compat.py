@@ -1,4 +1,8 @@
-"""Workarounds for bugs in the libraries we depend on: all of them, here, and nowhere else.
+"""Workarounds for bugs in Keras and TensorFlow: all of them, here, and nowhere else.
+
+The one MLflow workaround (``mlflow.keras.log_model`` with an input example, mlflow#16183)
+lives with the rest of MLflow in ``components/tracking/logged_model.py``, written down the
+same way, so that MLflow stays inside ``components/tracking``.
 
 Each workaround names the library code it works around, the versions it was checked
 against, and what goes wrong without it; each has a test that fails once the library
@@ -6,6 +10,12 @@ no longer needs it (``tests/test_compat.py``), so it can be removed rather than 
 :func:`apply_keras_workarounds` installs them; it is idempotent and cheap, and is called
 wherever our code hands data to Keras under a ``tf.distribute`` strategy (the input
 pipeline and the strategy factory).
+
+Not here: the libraries' console noise. Those filters change no library behaviour, only
+what a stage shows (abseil printing TensorFlow's start-up lines below the log level, the
+failed CUDA probe on machines without a GPU, Beam's apitools notice), so they live in
+``components/console.py``, written down the same way, with their tests in
+``tests/test_console.py``.
 
 1. **Keras builds a distributed model from the MEAN of the replicas' first batches.**
    ``TensorFlowTrainer._maybe_symbolic_build`` (keras/src/backend/tensorflow/trainer.py,

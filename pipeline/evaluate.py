@@ -1,6 +1,6 @@
 """Stage ``evaluate``: score one experiment's exported model on the test split and judge it.
 
-    python -m pipeline.evaluate --experiment NAME [--params params.yaml]
+    python -m pipeline.evaluate --experiment NAME [--params params.yaml] [--verbose]
 
 Reads ``experiments.NAME`` (or ``zoo.NAME``: dataset, model), ``train.models_dir`` and
 ``prepare.out_root`` (where its files are: :mod:`components.experiments`), and the
@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from components.config import ConfigError, from_dict, load_params
+from components.console import quiet_console, start_tensorflow
 from components.evaluation import EvaluateConfig, EvaluationError
 from components.experiments import catalogue, resolve
 from components.tracking import TrackingError
@@ -27,13 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", required=True, help="a name under experiments or zoo in the params file")
     parser.add_argument("--params", default="params.yaml", help="params file (sections 'train' and 'evaluate')")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show everything the libraries print (TensorFlow's start-up and C++ log included)")
     args = parser.parse_args(argv)
+    quiet_console(args.verbose)
     try:
         params = load_params(args.params)
         config = from_dict(EvaluateConfig, params.get("evaluate"), where=f"{args.params}:evaluate")
         experiments = catalogue(params, args.params)
         spec = resolve(args.experiment, params, args.params)
-        from components.evaluation.evaluate import evaluate_experiment  # TensorFlow loads here
+        start_tensorflow(args.verbose)  # only now: bad input above fails without waiting for it
+        from components.evaluation.evaluate import evaluate_experiment
 
         result = evaluate_experiment(spec, config, experiments)
     except (ConfigError, EvaluationError, TrackingError) as error:

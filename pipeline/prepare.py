@@ -16,17 +16,20 @@ import sys
 import tempfile
 
 from components.config import ConfigError, load_section
+from components.console import is_beam_worker_noise, quiet_console, without_noise
 from components.data import DataError, list_datasets
 
 
 @contextlib.contextmanager
 def stderr_held_back():
-    """Send file descriptor 2 to a temporary file while the block runs; replay it if the block
-    fails with anything but a DataError or ConfigError.
+    """Send file descriptor 2 to a temporary file while the block runs; then write it back,
+    less Beam's worker start-up chatter, if the block succeeds; all of it if the block fails
+    with anything but a DataError or ConfigError; nothing on those two.
 
     Beam's worker processes inherit the descriptor, and a worker prints a failing bundle's
     traceback to it unconditionally (besides start-up chatter), while the driver raises the
-    same error, which this script reports in one line. An unexpected error still shows all.
+    same error, which this script reports in one line. An unexpected error still shows all,
+    and a run that works keeps its real warnings (``components/console.py``, item 4).
     """
     sys.stderr.flush()
     saved = os.dup(2)
@@ -42,6 +45,11 @@ def stderr_held_back():
             held.seek(0)
             shutil.copyfileobj(held, sys.stderr.buffer)
             raise
+        else:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.buffer.write(without_noise(held.read(), is_beam_worker_noise))
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -60,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw-dir", help="directory of the publisher's files (default: <raw_root>/<dataset>)")
     parser.add_argument("--out-dir", help="output directory (default: <out_root>/<dataset>)")
     parser.add_argument("--params", default="params.yaml", help="params file (section 'prepare')")
-    parser.add_argument("--verbose", action="store_true", help="show Beam's own log, tracebacks included")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show everything the libraries print: Beam's own log, tracebacks, start-up notices")
     args, beam_args = parser.parse_known_args(argv)
+    quiet_console(args.verbose)
     # Beam logs a worker's exception with its whole traceback; the error below says it in one line.
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     if not args.verbose:
@@ -71,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.nullcontext() if args.verbose else stderr_held_back():
             # Imported here, after logging is set up and with stderr held back: importing
-            # Beam logs a warning of its own (apitools is not installed) through the root
-            # logger, which would otherwise precede the one-line error on stderr.
+            # Beam logs a notice of its own (apitools is not installed) through the root
+            # logger; quiet_console's filter drops it, and --verbose shows it.
             from components.data.prepare import PrepareConfig, prepare_dataset
 
             config = load_section(PrepareConfig, "prepare", args.params)

@@ -1,6 +1,6 @@
 """Stage ``report``: compare every evaluated experiment with the tutorials' and papers' figures.
 
-    python -m pipeline.report [--metrics-dir metrics] [--out-dir reports] [--no-mlflow]
+    python -m pipeline.report [--metrics-dir metrics] [--out-dir reports] [--no-mlflow] [--verbose]
 
 Writes ``reports/summary.md``, ``reports/accuracy_vs_params.png`` and
 ``reports/accuracy_vs_train_time.png``. MLflow is consulted when a store is configured
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from components.console import quiet_console
 from components.evaluation import EvaluationError
 
 
@@ -20,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-dir", default="metrics", help="root of the <experiment>/test.json metrics files")
     parser.add_argument("--out-dir", default="reports", help="where summary.md and the charts go")
     parser.add_argument("--no-mlflow", action="store_true", help="do not consult the MLflow tracking store")
+    parser.add_argument("--verbose", action="store_true", help="show everything the libraries print")
     args = parser.parse_args(argv)
+    quiet_console(args.verbose)
     from components.evaluation.report import build_report
 
     try:

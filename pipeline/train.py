@@ -1,6 +1,6 @@
 """Stage ``train``: train one experiment of params.yaml, tracked in MLflow.
 
-    python -m pipeline.train --experiment fashion_mnist-lenet5 [--params params.yaml] [--no-tracking]
+    python -m pipeline.train --experiment fashion_mnist-lenet5 [--params params.yaml] [--no-tracking] [--verbose]
 
 Restarted after an interruption (even ``kill -9``), the same command continues from the
 last completed epoch.
@@ -8,11 +8,10 @@ last completed epoch.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from components.console import quiet_console, start_tensorflow
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", required=True, help="a name under 'experiments' or 'zoo' in params")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow (overrides train.tracking)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show everything the libraries print (TensorFlow's start-up and C++ log included)")
     args = parser.parse_args(argv)
+    quiet_console(args.verbose)
+    start_tensorflow(args.verbose)  # before the imports below load it
 
     from components.config import ConfigError
     from components.data import DataError
@@ -88,16 +91,17 @@ def _train(experiment, settings, tracking: bool) -> int:
         registered = experiment.registered_model_name if settings.register_model else None
 
         def record_in_mlflow(staged_dir: pathlib.Path, metrics: dict) -> dict:
-            # On the assembled directory, before the trainer renames it into place: the run id
-            # and registered version are in train_metrics.json when it is published.
-            return log_run_outputs(staged_dir, metrics, registered)
+            # On the assembled directory, before the trainer renames it into place: the run id,
+            # LoggedModel id and registered version are in train_metrics.json when it is published.
+            return log_run_outputs(staged_dir, metrics, registered, data_dir=experiment.paths.data)
 
         result = train_experiment(experiment, settings, callbacks=[MlflowEpochLogger()],
                                   extra_state={"mlflow_run_id": run.info.run_id},
                                   resume_state=lambda state: backfill_epochs(run.info.run_id, state["history"]),
                                   before_publish=record_in_mlflow)
         version = result.metrics["registered_model_version"]
-        print(f"[mlflow] run {run.info.run_id}" + (f", registered {registered} version {version}" if version else ""))
+        print(f"[mlflow] run {run.info.run_id}, model {result.metrics.get('mlflow_model_id')}"
+              + (f", registered {registered} version {version}" if version else ""))
     return 0
 
 

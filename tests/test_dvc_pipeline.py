@@ -11,6 +11,7 @@ import sys
 import pytest
 import yaml
 
+from components.data.info import INFO_FILE
 from components.experiments import catalogue
 from tests.conftest import REPO
 
@@ -47,10 +48,14 @@ def make_repo_copy(copy: pathlib.Path) -> pathlib.Path:
         experiment["overrides"] = {**experiment.get("overrides", {}), "epochs": 1, "batch_size": 32}
     params["evaluate"].update(warn_only=True, latency_runs=3, throughput_batches=1, warmup_runs=1)
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("git", "init", "-q", cwd=copy)
+    # The raw folders are DVC-tracked (data/raw/<dataset>.dvc): track the synthetic stand-ins
+    # instead, as a user would, so that `dvc push` / `dvc pull` carry them too.
     for dataset in params["prepare"]["datasets"]:
+        (copy / "data" / "raw" / f"{dataset}.dvc").unlink(missing_ok=True)
         (copy / "data" / "raw" / dataset).mkdir(parents=True)
         (copy / "data" / "raw" / dataset / "SYNTHETIC").write_text("prepare.source is synthetic in this test\n")
-    sh("git", "init", "-q", cwd=copy)
+        sh("dvc", "add", "-q", f"data/raw/{dataset}", cwd=copy)
     sh("git", "add", "-A", cwd=copy)
     sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy", cwd=copy)
     return copy
@@ -66,7 +71,7 @@ def test_repro_runs_every_stage_then_nothing(repo_copy):
     params = yaml.safe_load((repo_copy / "params.yaml").read_text())
     experiments = params["experiments"]
     for dataset in params["prepare"]["datasets"]:
-        assert (repo_copy / "data" / "tfrecords" / dataset / "dataset_info.json").exists()
+        assert (repo_copy / "data" / "tfrecords" / dataset / INFO_FILE).exists()
     for name, ref in catalogue(params, root=repo_copy).items():
         if ref.section != "experiments":
             continue
@@ -106,3 +111,111 @@ def test_changing_one_experiment_reruns_only_its_stages(repo_copy):
     assert ran == sorted([f"train@{changed}", f"evaluate@{changed}", "report"])
     history = (repo_copy / "models" / changed / "history.csv").read_text().splitlines()
     assert len(history) == 3  # header + 2 epochs
+
+
+def tree_bytes(root: pathlib.Path, relative: str) -> dict[str, bytes]:
+    """Every file under ``root/relative`` (or that one file), keyed by its path relative to ``root``."""
+    top = root / relative
+    files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
+
+
+def dvc_outputs(root: pathlib.Path) -> list[str]:
+    """The paths DVC keeps in its cache: every cached ``outs`` of dvc.lock and of the ``.dvc`` files."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    paths = [out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])]
+    for dvc_file in root.glob("data/raw/*.dvc"):
+        paths += [str(dvc_file.parent.relative_to(root) / out["path"])
+                  for out in yaml.safe_load(dvc_file.read_text())["outs"]]
+    return sorted(paths)
+
+
+def commit_all(repo: pathlib.Path, message: str) -> None:
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message, "--allow-empty", cwd=repo)
+
+
+def test_push_then_pull_on_a_fresh_clone_restores_every_output(repo_copy, tmp_path):
+    sh("dvc", "repro", cwd=repo_copy)  # up to date whatever ran before
+    remote = tmp_path / "remote"
+    sh("dvc", "remote", "modify", "local", "url", str(remote), cwd=repo_copy)  # committed: the clone uses it
+    commit_all(repo_copy, "results")
+    pushed = sh("dvc", "push", cwd=repo_copy)
+    assert "pushed" in pushed.stdout, pushed.stdout
+
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(repo_copy), str(clone), cwd=tmp_path)
+    sh("dvc", "pull", cwd=clone)
+    outputs = dvc_outputs(repo_copy)
+    assert any(p.startswith("models/") for p in outputs) and any(p.startswith("data/tfrecords/") for p in outputs)
+    assert any(p.startswith("data/raw/") for p in outputs)
+    for path in outputs:
+        original, restored = tree_bytes(repo_copy, path), tree_bytes(clone, path)
+        assert original and restored.keys() == original.keys(), path
+        assert all(restored[name] == original[name] for name in original), f"{path}: bytes differ after pull"
+
+    status = sh("dvc", "status", cwd=clone)
+    assert "Data and pipelines are up to date" in status.stdout, status.stdout
+    diff = sh("dvc", "metrics", "diff", cwd=clone)
+    assert "WARNING" not in diff.stdout + diff.stderr and "ERROR" not in diff.stdout + diff.stderr, diff.stderr
+    repro = sh("dvc", "repro", cwd=clone)
+    assert "Running stage" not in repro.stdout, repro.stdout
+
+
+def wait_for_queue(repo: pathlib.Path, timeout_s: float = 900) -> str:
+    """Poll ``dvc queue status`` until nothing is queued or running; returns the last status table."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        table = sh("dvc", "queue", "status", cwd=repo).stdout
+        if not any(word in table for word in ("Queued", "Running")):
+            return table
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the DVC queue did not finish in {timeout_s} s:\n{table}")
+        time.sleep(5)
+
+
+def test_queued_experiments_run_two_at_once_into_the_projects_mlflow_store(repo_copy):
+    import sqlite3
+
+    import mlflow
+
+    sh("dvc", "repro", cwd=repo_copy)
+    commit_all(repo_copy, "baseline for the queue")
+    store = f"sqlite:///{repo_copy / 'mlflow.db'}"
+    client = mlflow.MlflowClient(store)
+
+    def runs_of(experiment: str) -> list:
+        found = client.get_experiment_by_name(experiment)
+        return client.search_runs([found.experiment_id]) if found else []
+
+    before = {name: len(runs_of(name)) for name in ("fashion_mnist", "cifar10")}
+    # Params no earlier test ran: DVC's run cache would restore those outputs without training.
+    queued = {"q-lenet5-e3": "experiments.fashion_mnist-lenet5.overrides.epochs=3",
+              "q-resnet20-e2": "experiments.cifar10-resnet20.overrides.epochs=2"}
+    for name, override in queued.items():
+        sh("dvc", "exp", "run", "--queue", "-n", name, "-S", override, cwd=repo_copy)
+    sh("dvc", "queue", "start", "-j", "2", cwd=repo_copy)
+    table = wait_for_queue(repo_copy)
+    assert table.count("Success") >= 2 and "Failed" not in table, table
+
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=repo_copy).stdout)
+    experiments = {rev["name"]: rev for commit in shown for experiment in (commit.get("experiments") or [])
+                   for rev in experiment["revs"]}
+    assert set(queued) <= set(experiments), sorted(experiments)
+    for name in queued:
+        metrics = json.dumps(experiments[name]["data"]["metrics"])
+        assert '"accuracy"' in metrics and '"best_val_accuracy"' in metrics, (name, metrics[:500])
+
+    # Both MLflow runs are in the project's store (not in the executors' temporary copies),
+    # the store is intact, and each run records which DVC experiment made it.
+    after = {name: runs_of(name) for name in ("fashion_mnist", "cifar10")}
+    assert len(after["fashion_mnist"]) == before["fashion_mnist"] + 1
+    assert len(after["cifar10"]) == before["cifar10"] + 1
+    tagged = {run.data.tags.get("dvc_experiment") for runs in after.values() for run in runs}
+    assert set(queued) <= tagged, tagged
+    assert all(run.info.status == "FINISHED" for runs in after.values() for run in runs)
+    with sqlite3.connect(repo_copy / "mlflow.db") as database:
+        assert database.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert not list((repo_copy / ".dvc" / "tmp").rglob("mlflow.db"))

@@ -100,10 +100,11 @@ def set_thresholds(root: pathlib.Path, min_accuracy: float, max_drop: float = 0.
         f"version: 1\ndefaults: {{max_drop: {max_drop}}}\nmin_accuracy:\n  cifar10: {{lenet5: {min_accuracy}}}\n")
 
 
-def write_train_metrics(root: pathlib.Path, run_id: str | None, version: str | None) -> None:
+def write_train_metrics(root: pathlib.Path, run_id: str | None, version: str | None,
+                        model_id: str | None = None) -> None:
     (root / "models" / EXPERIMENT / "train_metrics.json").write_text(json.dumps({
         "experiment": EXPERIMENT, "dataset": "cifar10", "model": "lenet5", "mlflow_run_id": run_id,
-        "registered_model_name": MODEL_NAME, "registered_model_version": version, "epochs": 8,
+        "mlflow_model_id": model_id, "registered_model_name": MODEL_NAME, "registered_model_version": version, "epochs": 8,
         "train_time_s": 1.5, "images_per_s": 1000.0}))
 
 
@@ -124,7 +125,9 @@ def test_evaluate_writes_every_output_logs_to_mlflow_and_promotes(repo, tracking
     from PIL import Image
 
     run_id, version = train_run(tracking, model_file)
-    write_train_metrics(repo, run_id, version)
+    # The train stage's LoggedModel of that run (its files do not matter here).
+    model_id = tracking["client"].create_logged_model(tracking["experiment_id"], source_run_id=run_id).model_id
+    write_train_metrics(repo, run_id, version, model_id)
     result = run_stage(repo, tracking["uri"])
     paths = result["paths"]
     assert paths.test_metrics == repo / "metrics" / EXPERIMENT / "test.json"
@@ -170,6 +173,14 @@ def test_evaluate_writes_every_output_logs_to_mlflow_and_promotes(repo, tracking
     assert run.data.tags["evaluation_status"] == "accepted"
     logged = {pathlib.PurePosixPath(a.path).name for a in tracking["client"].list_artifacts(run_id, "evaluation")}
     assert logged == {"test.json", "verdict.json", "confusion.json", "confusion.png", "worst.png"}
+    # The test metrics are the LoggedModel's too, computed on the test split, an input of the run.
+    model_metrics = {m.key: m for m in tracking["client"].get_logged_model(model_id).metrics}
+    assert model_metrics["test_accuracy"].value == pytest.approx(metrics["accuracy"])
+    assert model_metrics["test_accuracy"].dataset_name == "cifar10-test"
+    (test_input,) = run.inputs.dataset_inputs
+    assert test_input.dataset.name == "cifar10-test" and test_input.dataset.digest == \
+        model_metrics["test_accuracy"].dataset_digest
+    assert {t.key: t.value for t in test_input.tags}["mlflow.data.context"] == "test"
 
 
 def test_alias_moves_only_on_acceptance(repo, tracking, model_file, capsys, monkeypatch):
@@ -304,6 +315,13 @@ def test_unparseable_train_metrics(repo):
 def test_a_run_id_the_store_does_not_know(repo, tracking):
     write_train_metrics(repo, "0" * 32, "1")
     with pytest.raises(EvaluationError, match="is not a run in the tracking store"):
+        run_stage(repo, tracking["uri"])
+
+
+def test_a_logged_model_the_store_does_not_know(repo, tracking, model_file):
+    run_id, version = train_run(tracking, model_file)
+    write_train_metrics(repo, run_id, version, model_id="m-" + "0" * 32)
+    with pytest.raises(EvaluationError, match="mlflow_model_id 'm-0+' is not a LoggedModel in the tracking store"):
         run_stage(repo, tracking["uri"])
 
 

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from components.config import ConfigError, from_dict
 from components.data import DataError, schema
+from components.data.info import INFO_FILE
 from components.data.prepare import PrepareConfig, SyntheticConfig, prepare_dataset
 from components.inputs import (InputConfig, build_dataset, check_prepared, normalization_layer, parse_batch,
                                shard_paths, steps_per_epoch)
@@ -29,7 +30,7 @@ SHARDS = {"train": 3, "validation": 1, "test": 2}
 def prepared_dir(tmp_path_factory, name: str) -> pathlib.Path:
     """A prepared synthetic data set (about 270 train, 30 validation, 100 test examples), made once per session."""
     out = tmp_path_factory.getbasetemp() / "inputs-data" / name
-    if not (out / "dataset_info.json").exists():
+    if not (out / INFO_FILE).exists():
         config = PrepareConfig(source="synthetic", direct_running_mode="in_memory", direct_num_workers=1,
                                num_shards=SHARDS, synthetic=SyntheticConfig(train_examples=300, test_examples=100))
         prepare_dataset(name, config, raw_dir=str(out.parent / f"raw-{name}"), out_dir=str(out), log=lambda *_: None)
@@ -45,7 +46,7 @@ def copy_prepared(tmp_path_factory, tmp_path, name: str = "cifar10") -> pathlib.
 
 def read_split(directory: pathlib.Path, split: str) -> list[tuple[int, bytes]]:
     """(label, image bytes) of every record of a split, straight from the shards."""
-    info = json.loads((directory / "dataset_info.json").read_text())
+    info = json.loads((directory / INFO_FILE).read_text())
     examples = []
     for path in shard_paths(directory, info, split):
         records = list(schema.iter_tfrecords(path))

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from components.data import DataError
+from components.data.info import INFO_FILE
 from components.inputs import InputConfig, build_dataset, check_prepared
 from tests.test_inputs import copy_prepared, prepared_dir
 
@@ -19,13 +20,13 @@ def data(tmp_path_factory, tmp_path) -> pathlib.Path:
 
 
 def info_of(directory: pathlib.Path) -> dict:
-    return json.loads((directory / "dataset_info.json").read_text())
+    return json.loads((directory / INFO_FILE).read_text())
 
 
 def edit_info(directory: pathlib.Path, edit) -> None:
     info = info_of(directory)
     edit(info)
-    (directory / "dataset_info.json").write_text(json.dumps(info))
+    (directory / INFO_FILE).write_text(json.dumps(info))
 
 
 def first_shard(directory: pathlib.Path, split: str = "train") -> pathlib.Path:
@@ -47,13 +48,13 @@ def test_missing_and_empty_directories(tmp_path):
     expect_error(tmp_path / "empty", r"empty: directory is empty")
 
 
-def test_shards_without_dataset_info(data):
-    (data / "dataset_info.json").unlink()
-    expect_error(data, r"dataset_info.json: not found")
+def test_shards_without_prepare_info(data):
+    (data / INFO_FILE).unlink()
+    expect_error(data, rf"{INFO_FILE}: not found")
 
 
 def test_reading_prepared_data_does_not_import_beam():
-    """Training and evaluation processes read dataset_info.json without loading Apache Beam."""
+    """Training and evaluation processes read prepare_info.json without loading Apache Beam."""
     import subprocess
     import sys
 
@@ -63,18 +64,18 @@ def test_reading_prepared_data_does_not_import_beam():
 
 
 def test_dataset_info_that_is_not_json_or_of_another_schema_version(data):
-    (data / "dataset_info.json").write_text("{ not json")
-    expect_error(data, r"dataset_info.json: not valid JSON")
-    (data / "dataset_info.json").write_text("[]")
-    expect_error(data, r"dataset_info.json: expected a JSON object, got list")
-    (data / "dataset_info.json").write_text(json.dumps({"schema_version": 99}))
-    expect_error(data, r"dataset_info.json: schema_version is 99, this code reads version 1")
+    (data / INFO_FILE).write_text("{ not json")
+    expect_error(data, rf"{INFO_FILE}: not valid JSON")
+    (data / INFO_FILE).write_text("[]")
+    expect_error(data, rf"{INFO_FILE}: expected a JSON object, got list")
+    (data / INFO_FILE).write_text(json.dumps({"schema_version": 99}))
+    expect_error(data, rf"{INFO_FILE}: schema_version is 99, this code reads version 1")
 
 
 def test_a_listed_shard_that_is_missing(data):
     shard = first_shard(data)
     shard.unlink()
-    expect_error(data, rf"{shard.name}: shard listed in .*dataset_info.json is missing",
+    expect_error(data, rf"{shard.name}: shard listed in .*{INFO_FILE} is missing",
                  modes=("full", "counts", "none"))
 
 
@@ -119,20 +120,20 @@ def test_dataset_info_that_does_not_match_the_shards(data):
         info["splits"]["train"]["examples"] += 1
 
     edit_info(data, one_more_in_first_shard)
-    expect_error(data, rf"{shard.name}: holds \d+ records, dataset_info.json says \d+", modes=("full", "counts"))
+    expect_error(data, rf"{shard.name}: holds \d+ records, {INFO_FILE} says \d+", modes=("full", "counts"))
 
     def totals_disagree(info):
         info["splits"]["train"]["examples"] += 5
 
     edit_info(data, totals_disagree)
-    expect_error(data, r"dataset_info.json: split 'train' says \d+ examples")
+    expect_error(data, rf"{INFO_FILE}: split 'train' says \d+ examples")
 
 
 def test_dataset_info_with_another_image_shape_or_fewer_classes(tmp_path_factory, tmp_path):
     data = copy_prepared(tmp_path_factory, tmp_path)
     edit_info(data, lambda info: info.update(image_shape=[16, 64, 3]))
     expect_error(data, r"train.tfrecord-00000-of-00003: record 0 has shape \[32, 32, 3\], "
-                       r"dataset_info.json says image_shape \[16, 64, 3\]", modes=("full", "counts"))
+                       rf"{INFO_FILE} says image_shape \[16, 64, 3\]", modes=("full", "counts"))
     data = copy_prepared(tmp_path_factory, tmp_path / "second")
     edit_info(data, lambda info: info.update(num_classes=1, label_names=["only"]))
     expect_error(data, r"tfrecord-\d+-of-\d+: record \d+ has label [1-9], expected 0..0")

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from components.data import DataError, schema
+from components.data.info import INFO_FILE
 from components.data.prepare import (PrepareConfig, SyntheticConfig, make_runner, pipeline_options, prepare_dataset,
                                      process_is_alive)
 from pipeline import prepare as prepare_cli
@@ -27,7 +28,7 @@ FAST = PrepareConfig(direct_running_mode="in_memory", direct_num_workers=1,
 
 def read_split(out_dir: pathlib.Path, dataset: str, split: str) -> dict[str, tuple[np.ndarray, int]]:
     """key -> (image, label) for every record of a split, checking shard names as it goes."""
-    info = json.loads((out_dir / "dataset_info.json").read_text())
+    info = json.loads((out_dir / INFO_FILE).read_text())
     examples = {}
     for shard in info["splits"][split]["shards"]:
         records = list(schema.iter_tfrecords(str(out_dir / shard["file"])))
@@ -45,9 +46,11 @@ def test_archive_end_to_end_keeps_every_example_once(tmp_path, mnist_dir):
     raw_dir, data = mnist_dir
     out = tmp_path / "out"
     info = prepare_dataset("mnist", FAST, str(raw_dir), str(out), log=lambda *_: None)
-    assert sorted(p.name for p in out.iterdir()) == ["dataset_info.json"] + [
+    # tensorflow-datasets' metadata (dataset_info.json, features.json, the label names) beside ours
+    assert sorted(p.name for p in out.iterdir()) == sorted([INFO_FILE, "dataset_info.json", "features.json",
+                                                            "label.labels.txt"] + [
         f"mnist-{split}.tfrecord-{i:05d}-of-{n:05d}" for split, n in (("test", 2), ("train", 3), ("validation", 1))
-        for i in range(n)]
+        for i in range(n)])
     train, validation, test = (read_split(out, "mnist", s) for s in ("train", "validation", "test"))
     assert len(train) + len(validation) == 300 and len(test) == 100
     assert not set(train) & set(validation)
@@ -113,7 +116,7 @@ def test_synthetic_source_through_the_cli(tmp_path):
     out = tmp_path / "synthetic"
     assert prepare_cli.main(["--dataset", "cifar10", "--params", str(params), "--out-dir", str(out),
                              "--raw-dir", str(tmp_path / "none")]) == 0
-    info = json.loads((out / "dataset_info.json").read_text())
+    info = json.loads((out / INFO_FILE).read_text())
     assert info["source"] == {"kind": "synthetic", "seed": 1, "examples": {"train": 200, "test": 40}}
     assert info["splits"]["train"]["examples"] + info["splits"]["validation"]["examples"] == 200
     assert info["splits"]["train"]["num_shards"] == 8

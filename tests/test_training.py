@@ -167,7 +167,9 @@ def test_two_epochs_are_tracked_in_mlflow(prepared, tmp_path):
     (root / "data").symlink_to(prepared / "data")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     # Label smoothing trains on one-hot rows: the logged input config must say so.
-    result = run_train(write_params(root, recipe={"label_smoothing": 0.1}), env={"MLFLOW_TRACKING_URI": uri})
+    # System metrics sampled every second (MLflow's default, 10 s, can outlast this tiny run).
+    sampling = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1", "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING": "1"}
+    result = run_train(write_params(root, recipe={"label_smoothing": 0.1}), env={"MLFLOW_TRACKING_URI": uri, **sampling})
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("[train] epoch") == 2
     model_dir = root / "models" / "tiny"
@@ -190,14 +192,21 @@ def test_two_epochs_are_tracked_in_mlflow(prepared, tmp_path):
         assert len(client.get_metric_history(run.info.run_id, name)) == 2, name
     assert any(k.startswith("system/") for k in run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"history.csv", "learning_curves.png", "model_summary.txt", "train_metrics.json", "model"} <= artifacts
-    assert run.inputs.dataset_inputs[0].dataset.name == "cifar10"
+    assert {"history.csv", "learning_curves.png", "model_summary.txt", "train_metrics.json"} <= artifacts
+    contexts = {i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"]
+                for i in run.inputs.dataset_inputs}
+    assert contexts == {"cifar10-train": "training", "cifar10-validation": "validation"}
+    # The model is a LoggedModel of the run, registered from it.
+    model_id = metrics["mlflow_model_id"]
+    assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
+    assert client.get_logged_model(model_id).status == "READY"
     version = client.get_model_version("tiny", metrics["registered_model_version"])
-    assert version.run_id == run.info.run_id
+    assert version.run_id == run.info.run_id and version.source == f"models:/{model_id}"
+    assert {"exported_val_accuracy", "train_time_s", "train_images_per_s"} <= set(run.data.metrics)
     # The run's train_metrics.json is the published file, byte for byte, run id and version included.
     logged_metrics = pathlib.Path(client.download_artifacts(run.info.run_id, "train_metrics.json", str(root)))
     assert logged_metrics.read_bytes() == (model_dir / "train_metrics.json").read_bytes()
-    logged = mlflow.models.Model.load(run.info.artifact_uri.removeprefix("file://") + "/model")
+    logged = mlflow.models.Model.load(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
     assert logged.signature is not None and logged.saved_input_example_info is not None
     # The exported model takes raw uint8 images: normalisation is inside.
     exported = keras.saving.load_model(model_dir / "model.keras")

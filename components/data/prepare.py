@@ -1,9 +1,11 @@
 """The prepare stage's library side: pick a source, run the Beam conversion, publish atomically.
 
 :func:`prepare_dataset` is what ``python -m pipeline.prepare`` calls. It writes into a
-temporary directory beside the output, adds ``dataset_info.json`` last, and only then
-moves the directory into place, so an interrupted or failed run never leaves a
-directory that looks complete (and never touches the previous good output). What a
+temporary directory beside the output, adds tensorflow-datasets' metadata
+(``dataset_info.json``, ``features.json``: :func:`write_tfds_metadata`) and then its own
+``prepare_info.json`` (INFO_FILE, the completeness marker) last, and only then moves the
+directory into place, so an interrupted or failed run never leaves a directory that
+looks complete (and never touches the previous good output). What a
 killed run leaves beside the output (its temporary directory) is removed by the next
 run, once the process that made it is gone (:func:`remove_dead_leftovers`).
 
@@ -175,7 +177,7 @@ def make_runner(options):
 
 def prepare_dataset(name: str, config: PrepareConfig, raw_dir: str | None = None, out_dir: str | None = None,
                     beam_args: Sequence[str] = (), log=print) -> dict:
-    """Convert data set ``name`` to sharded TFRecords plus ``dataset_info.json``; return the info."""
+    """Convert data set ``name`` to sharded TFRecords, tfds metadata and INFO_FILE; return the info."""
     import apache_beam as beam
 
     spec = get_dataset(name)
@@ -204,6 +206,8 @@ def prepare_dataset(name: str, config: PrepareConfig, raw_dir: str | None = None
         info = dataset_info(spec, read_reports(str(temp_dir)), source_info, config)
         shutil.rmtree(temp_dir / REPORTS_DIR)
         shutil.rmtree(temp_dir / PIECES_DIR, ignore_errors=True)  # absent when no example was written
+        write_tfds_metadata(temp_dir, spec, info)
+        # Last: its presence is what says the directory is complete.
         (temp_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         _publish(temp_dir, out_path)
     except BaseException as error:
@@ -237,7 +241,7 @@ def rejection_summary(reports: list[dict]) -> list[dict]:
 
 
 def dataset_info(spec: DatasetSpec, reports: list[dict], source_info: dict, config: PrepareConfig) -> dict:
-    """Assemble ``dataset_info.json`` from the pipeline's reports; fail on rejected examples."""
+    """Assemble INFO_FILE (``prepare_info.json``) from the pipeline's reports; fail on rejected examples."""
     rejected = rejection_summary([r for r in reports if r["kind"] == "rejected"])
     total_rejected = sum(r["count"] for r in rejected)
     if total_rejected > config.max_rejected:
@@ -276,6 +280,44 @@ def dataset_info(spec: DatasetSpec, reports: list[dict], source_info: dict, conf
         "features": {"image": "bytes: raw uint8 pixels HxWxC", "key": "bytes", "label": "int64",
                      "shape": "int64[3]"},
     }
+
+
+def tfds_split_infos(directory: pathlib.Path, info: dict) -> list:
+    """One ``tfds.core.SplitInfo`` per split: the shards' example counts as the pipeline
+    reported them (in shard order), and the shards' bytes on disk in ``directory``."""
+    import tensorflow_datasets as tfds
+
+    return [tfds.core.SplitInfo(
+        name=split,
+        shard_lengths=[shard["examples"] for shard in entry["shards"]],
+        num_bytes=sum((directory / shard["file"]).stat().st_size for shard in entry["shards"]))
+        for split, entry in info["splits"].items()]
+
+
+def write_tfds_metadata(directory: pathlib.Path, spec: DatasetSpec, info: dict) -> None:
+    """Write tensorflow-datasets' metadata beside the shards, so that
+    ``tfds.builder_from_directory(directory)`` reads them.
+
+    ``tfds.folder_dataset.write_metadata`` writes ``dataset_info.json``, ``features.json``
+    and ``label.labels.txt``. Our shard names already follow its default template
+    (``{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}``). tfds is imported here, not at the
+    top: it is slow to import and only the driver needs it (it does not load TensorFlow).
+    """
+    import tensorflow_datasets as tfds
+
+    tfds.folder_dataset.write_metadata(
+        data_dir=str(directory),
+        features=schema.tfds_features(spec.image_shape, spec.label_names),
+        split_infos=tfds_split_infos(directory, info),
+        # check_data would read an example back through TensorFlow (seconds of import in the
+        # driver) and print to stdout; the tests read every example through tfds instead.
+        check_data=False,
+        description=(f"{spec.name} as written by `python -m pipeline.prepare` (TFRecord schema version "
+                     f"{schema.SCHEMA_VERSION}: raw uint8 image bytes, label, key, shape). Per-channel "
+                     f"statistics, the validation carve and the raw files' checksums are in {INFO_FILE}."),
+        homepage=spec.homepage,
+        supervised_keys=("image", "label"),
+    )
 
 
 def _host() -> str:

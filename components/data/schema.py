@@ -18,7 +18,9 @@ written in key order, which is exactly what ``SerializeToString(deterministic=Tr
 produces, so the bytes are those TensorFlow itself would write (a test checks this).
 
 TFRecord framing (``uint64 length, masked crc32c(length), data, masked crc32c(data)``)
-is written and read here too, with ``google-crc32c``.
+is written and read here too, with ``google-crc32c``, and :func:`iter_examples` decodes
+the records back to NumPy without TensorFlow (for readers outside TF). The same schema
+as tensorflow-datasets features is :func:`tfds_features`.
 """
 from __future__ import annotations
 
@@ -178,6 +180,115 @@ def iter_tfrecords(path: str, payload: bytes | None = None) -> Iterator[bytes]:
         offset = stop + 4
 
 
+def _read_varint(buffer: bytes, offset: int) -> tuple[int, int]:
+    """The varint at ``offset`` and the offset after it."""
+    value = shift = 0
+    while offset < len(buffer) and shift < 64:
+        byte = buffer[offset]
+        offset += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, offset
+        shift += 7
+    raise ValueError(f"truncated or over-long varint before byte {offset}")
+
+
+def _wire_fields(message: bytes) -> Iterator[tuple[int, int, int | bytes]]:
+    """``(field number, wire type, value)`` of each field of a serialized protobuf message:
+    an int for a varint, the payload bytes for the other wire types."""
+    offset = 0
+    while offset < len(message):
+        tag, offset = _read_varint(message, offset)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == 0:
+            value, offset = _read_varint(message, offset)
+        else:
+            if wire_type == 2:
+                size, offset = _read_varint(message, offset)
+            elif wire_type in (1, 5):  # fixed 64 / 32 bits (a float_list's values)
+                size = 8 if wire_type == 1 else 4
+            else:
+                raise ValueError(f"wire type {wire_type} of field {number} is not used by tf.train.Example")
+            if offset + size > len(message):
+                raise ValueError(f"field {number} runs past the end of its message ({size} bytes at byte {offset})")
+            value, offset = message[offset:offset + size], offset + size
+        yield number, wire_type, value
+
+
+def _int64_values(payload: bytes) -> list[int]:
+    """The values of an ``Int64List`` (packed or not), as signed ints."""
+    values = []
+    for number, wire_type, value in _wire_fields(payload):
+        if number != 1:
+            continue
+        if wire_type == 2:  # packed: varints back to back
+            offset = 0
+            while offset < len(value):
+                item, offset = _read_varint(value, offset)
+                values.append(item)
+        else:
+            values.append(value)
+    return [v - (1 << 64) if v >= 1 << 63 else v for v in values]
+
+
+def _example_features(record: bytes) -> dict[str, tuple[str, list]]:
+    """``name -> (kind, values)`` of a serialized ``tf.train.Example``; kind is bytes, float or int64."""
+    kinds = {1: "bytes", 2: "float", 3: "int64"}  # Feature's oneof fields
+    features = {}
+    for number, _, features_message in _wire_fields(record):
+        if number != 1:  # Example.features
+            continue
+        for entry_number, _, entry in _wire_fields(features_message):
+            if entry_number != 1:  # Features.feature map entries
+                continue
+            fields = {n: v for n, _, v in _wire_fields(entry)}
+            name, feature = bytes(fields.get(1, b"")).decode(), fields.get(2, b"")
+            for kind_number, _, payload in _wire_fields(feature):
+                kind = kinds.get(kind_number)
+                if kind == "int64":
+                    features[name] = (kind, _int64_values(payload))
+                elif kind is not None:
+                    features[name] = (kind, [v for n, _, v in _wire_fields(payload) if n == 1])
+    return features
+
+
+def decode_example(record: bytes) -> dict:
+    """Decode one record of this schema without TensorFlow.
+
+    Returns ``{"image": uint8 array (H, W, C), "label": int, "key": str, "shape": (H, W, C)}``.
+    Raises ValueError saying which feature differs from the schema.
+    """
+    features = _example_features(record)
+    expected = {"image": "bytes", "key": "bytes", "label": "int64", "shape": "int64"}
+    found = {name: kind for name, (kind, _) in features.items()}
+    if found != expected:
+        raise ValueError(f"features {found} are not those of schema version {SCHEMA_VERSION}: {expected}")
+    values = {name: vals for name, (_, vals) in features.items()}
+    counts = {name: len(vals) for name, vals in values.items()}
+    if counts != {"image": 1, "key": 1, "label": 1, "shape": 3}:
+        raise ValueError(f"expected 1 image, key and label and 3 shape values, got value counts {counts}")
+    shape = tuple(values["shape"])
+    image = np.frombuffer(values["image"][0], np.uint8)
+    if min(shape) < 1 or image.size != np.prod(shape):
+        raise ValueError(f"{image.size} image bytes do not fill shape {shape}")
+    return {"image": image.reshape(shape), "label": values["label"][0], "key": values["key"][0].decode(),
+            "shape": shape}
+
+
+def iter_examples(path: str) -> Iterator[dict]:
+    """The decoded examples of one shard, in order, without TensorFlow (see :func:`decode_example`).
+
+    Every record's length and checksums are checked (:func:`iter_tfrecords`); a record that
+    is not of this schema raises DataError naming the file and the record's index.
+    """
+    for index, record in enumerate(iter_tfrecords(path)):
+        try:
+            yield decode_example(record)
+        except ValueError as error:
+            raise DataError(f"{path}: record {index} is not a tf.train.Example of schema version "
+                            f"{SCHEMA_VERSION} ({error})") from None
+
+
 def tf_feature_spec() -> dict:
     """The ``tf.io.parse_example`` spec of this schema (imports TensorFlow lazily)."""
     import tensorflow as tf
@@ -188,3 +299,22 @@ def tf_feature_spec() -> dict:
         "label": tf.io.FixedLenFeature([], tf.int64),
         "shape": tf.io.FixedLenFeature([3], tf.int64),
     }
+
+
+def tfds_features(image_shape: Sequence[int], label_names: Sequence[str]):
+    """This schema as a ``tfds.features.FeaturesDict`` (imports tensorflow-datasets lazily).
+
+    ``image`` is a Tensor with ``Encoding.BYTES``: tfds stores such a tensor as the raw
+    bytes of its array, which is exactly what the encoder writes, so tfds decodes our
+    records as they are (no PNG). ``label`` is a ClassLabel with the data set's names,
+    ``key`` Text, ``shape`` the int64 (H, W, C). Building it does not import TensorFlow.
+    """
+    import tensorflow_datasets as tfds
+
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Tensor(shape=tuple(image_shape), dtype=np.uint8,
+                                      encoding=tfds.features.Encoding.BYTES),
+        "key": tfds.features.Text(),
+        "label": tfds.features.ClassLabel(names=list(label_names)),
+        "shape": tfds.features.Tensor(shape=(3,), dtype=np.int64),
+    })

@@ -7,13 +7,14 @@ import pathlib
 import numpy as np
 
 from components.data.errors import DataError
+from components.data.info import INFO_FILE
 from components.evaluation.errors import EvaluationError
 
 
 def load_split(data_dir: str | os.PathLike, split: str = "test", batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, dict]:
     """Every example of ``split`` in the prepared ``data_dir``, once, in the pipeline's stable order.
 
-    Returns ``(images uint8 [N, H, W, C], labels int64 [N], dataset_info)``. The shards are
+    Returns ``(images uint8 [N, H, W, C], labels int64 [N], the prepared directory's info)``. The shards are
     verified in full first (checksums, counts, schema). A missing or broken directory
     raises EvaluationError naming it and the command that prepares it.
     """
@@ -35,5 +36,5 @@ def load_split(data_dir: str | os.PathLike, split: str = "test", batch_size: int
     expected = info["splits"][split]["examples"]
     if len(labels_array) != expected:  # the pipeline's contract: every example exactly once
         raise EvaluationError(f"{data_dir}: read {len(labels_array)} {split} examples, "
-                              f"dataset_info.json says {expected}")
+                              f"{INFO_FILE} says {expected}")
     return images_array, labels_array, info

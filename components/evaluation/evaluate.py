@@ -16,8 +16,9 @@
    and ``worst.png``; on acceptance also ``metrics/<experiment>/accepted.json``, the next
    run's baseline (a rejected run leaves it alone, or writes a "nothing accepted yet"
    marker when there is none);
-6. log test metrics and those files into the MLflow run that trained the model, and on
-   acceptance move the registry alias ``champion`` to the model's version.
+6. log test metrics and those files into the MLflow run that trained the model (the
+   metrics also onto its LoggedModel, naming the test split they were computed on), and
+   on acceptance move the registry alias ``champion`` to the model's version.
 
 Why the baseline is a separate ``accepted.json``: DVC deletes a stage's outputs before
 running it, so the previous ``test.json`` is gone by the time the stage starts, and a
@@ -50,7 +51,7 @@ Log = Callable[[str], None]
 def read_train_metrics(path: pathlib.Path, spec: ExperimentRef, log: Log = print) -> dict[str, Any]:
     """``models/<exp>/train_metrics.json`` as a dict; {} (with a warning) when absent.
 
-    Evaluation only needs it for the MLflow run id and the registered model version.
+    Evaluation only needs it for the MLflow run id, LoggedModel id and registered model version.
     A file that does not parse is an error naming it.
     """
     if not path.exists():
@@ -182,11 +183,12 @@ def evaluate_experiment(spec: ExperimentRef, cfg: EvaluateConfig, experiments: M
     baseline = load_baseline(paths.accepted, spec.name)
     train = read_train_metrics(paths.train_summary, spec, log)
     run_id = train.get("mlflow_run_id") or None
+    model_id = train.get("mlflow_model_id") or None  # absent from models trained before LoggedModels
     model_name = train.get("registered_model_name") or spec.registered_model_name
     version = train.get("registered_model_version")
     version = None if version in (None, "") else str(version)
     if run_id:
-        _check_tracking(tracking_uri, run_id, model_name, version, paths.train_summary)
+        _check_tracking(tracking_uri, run_id, model_id, model_name, version, paths.train_summary)
     images, labels, info = _load_data(paths.data, cfg)
     label_names = [str(n) for n in info["label_names"]]
 
@@ -214,10 +216,12 @@ def evaluate_experiment(spec: ExperimentRef, cfg: EvaluateConfig, experiments: M
     elif not paths.accepted.exists():  # DVC needs the declared output; a marker, not a baseline
         write_json_atomic(paths.accepted, no_baseline_record(spec.name, spec.dataset, spec.model))
 
-    # 6. MLflow: results onto the training run; champion alias only on acceptance.
-    from components.tracking.registry import log_evaluation, promote
+    # 6. MLflow: results onto the training run and its LoggedModel, computed on the test
+    # split; champion alias only on acceptance.
+    from components.tracking.registry import log_evaluation, promote, test_split
 
-    logged = log_evaluation(run_id, record, paths.evaluation_outputs(),
+    logged = log_evaluation(run_id, record, paths.evaluation_outputs(), model_id=model_id,
+                            split=test_split(paths.data, spec.dataset) if run_id else None,
                             tags={"evaluation_status": verdict["status"],
                                   "evaluation_reasons": "; ".join(verdict["reasons"])[:4000]},
                             warn=log)
@@ -235,29 +239,25 @@ def _load_data(data_dir: pathlib.Path, cfg: EvaluateConfig):
     return load_split(data_dir, "test", cfg.batch_size)
 
 
-def _check_tracking(uri: str | None, run_id: str, model_name: str, version: str | None,
+def _check_tracking(uri: str | None, run_id: str, model_id: str | None, model_name: str, version: str | None,
                     train_metrics: pathlib.Path) -> None:
-    """Connect to the tracking store and check that the run and model version exist (fail fast)."""
-    from mlflow.exceptions import MlflowException
-
+    """Connect to the tracking store and check that the run, LoggedModel and model version
+    ``train_metrics`` names exist (fail fast, before scoring)."""
     from components.tracking import configure_tracking
-    from components.tracking.registry import check_run
+    from components.tracking.lookups import logged_model_exists, model_version_exists, run_exists
 
     used = configure_tracking(uri)
-    try:
-        check_run(run_id)
-    except MlflowException:
+    if not run_exists(run_id):
         raise EvaluationError(f"{train_metrics}: mlflow_run_id {run_id!r} is not a run in the tracking store "
                               f"{used}; retrain, or point MLFLOW_TRACKING_URI at the store that trained "
-                              f"this model") from None
-    if version is not None:
-        import mlflow
-
-        try:
-            mlflow.MlflowClient().get_model_version(model_name, version)
-        except MlflowException:
-            raise EvaluationError(f"{train_metrics}: registered model {model_name!r} version {version!r} is not in "
-                                  f"the registry of {used}") from None
+                              f"this model")
+    if model_id and not logged_model_exists(model_id):
+        raise EvaluationError(f"{train_metrics}: mlflow_model_id {model_id!r} is not a LoggedModel in the tracking "
+                              f"store {used}; retrain, or point MLFLOW_TRACKING_URI at the store that trained "
+                              f"this model")
+    if version is not None and not model_version_exists(model_name, version):
+        raise EvaluationError(f"{train_metrics}: registered model {model_name!r} version {version!r} is not in "
+                              f"the registry of {used}")
 
 
 def _write_outputs(paths: ExperimentPaths, spec: ExperimentRef, record: Mapping[str, Any],

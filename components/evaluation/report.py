@@ -117,27 +117,24 @@ def collect_rows(metrics_root: str | os.PathLike = METRICS_ROOT, log: Log = prin
 def add_mlflow(rows: Sequence[Row], tracking_uri: str | None, log: Log = print) -> bool:
     """Fill gaps from MLflow when the store answers: run duration as training time, champion alias.
 
-    Returns whether the store was used. Any failure is logged and ignored: the report
-    never depends on a tracking server being up.
+    Returns whether the store was used. A store that is unreachable or not usable
+    (``TrackingError``) is a note, not a failure: the report never depends on a tracking
+    server being up. A run or model the store does not have leaves that row's figure out.
+    Anything else (a bug, a store that fails mid-way) propagates.
     """
+    from components.tracking import TrackingError, configure_tracking
+    from components.tracking.lookups import alias_version, run_duration_s
+
     try:
-        import mlflow
-
-        from components.tracking import configure_tracking
-        from components.tracking.registry import alias_version
-
         configure_tracking(tracking_uri)
-        client = mlflow.MlflowClient()
-        for row in rows:
-            if row.mlflow_run_id and row.train_time_s is None:
-                info = client.get_run(row.mlflow_run_id).info
-                if info.end_time and info.start_time:
-                    row.train_time_s = (info.end_time - info.start_time) / 1000.0  # ms -> s
-            if row.registered_model_name and row.registered_model_version:
-                row.champion = alias_version(row.registered_model_name) == row.registered_model_version
-    except Exception as error:  # optional source: any failure (unreachable, missing run) is a note
-        log(f"note: MLflow not used for the report ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
+    except TrackingError as error:
+        log(f"note: MLflow not used for the report ({str(error).splitlines()[0][:300]})")
         return False
+    for row in rows:
+        if row.mlflow_run_id and row.train_time_s is None:
+            row.train_time_s = run_duration_s(row.mlflow_run_id)
+        if row.registered_model_name and row.registered_model_version:
+            row.champion = alias_version(row.registered_model_name) == row.registered_model_version
     return True
 
 
@@ -269,6 +266,6 @@ def build_report(metrics_root: str | os.PathLike = METRICS_ROOT, out_dir: str | 
 
 def _tracking_configured(uri: str | None) -> bool:
     """Whether a store was named, or the default local one exists (never create an empty mlflow.db)."""
-    from components.tracking.store import REPO_ROOT
+    from components.tracking.store import project_root
 
-    return bool(uri or os.environ.get("MLFLOW_TRACKING_URI") or (REPO_ROOT / "mlflow.db").exists())
+    return bool(uri or os.environ.get("MLFLOW_TRACKING_URI") or (project_root() / "mlflow.db").exists())

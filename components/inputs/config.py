@@ -84,7 +84,7 @@ class InputConfig:
     data_service_mode: Literal["distributed_epoch", "parallel_epochs"] = "distributed_epoch"
     # Up-front shard check when the dataset is built. full: read every record (checksums,
     # counts, schema, shapes, labels); counts: record framing, counts and the first record;
-    # none: dataset_info.json and the shard files' presence only.
+    # none: prepare_info.json and the shard files' presence only.
     verify_shards: Literal["full", "counts", "none"] = "full"
 
     def __post_init__(self):

@@ -4,7 +4,7 @@ The input pipeline hands the model pixels in 0-255 units (uint8, or float32 afte
 interpolating or colour augmentation). Normalisation happens exactly once, here:
 
 * by default with the per-channel mean and standard deviation of the train split that
-  the prepare stage recorded in ``dataset_info.json`` (``train_statistics``, 0-255 units);
+  the prepare stage recorded in ``prepare_info.json`` (``train_statistics``, 0-255 units);
 * per image (``tf.image.per_image_standardization``) when the augment list includes
   ``standardize`` (the tutorials' way), in training and evaluation alike.
 
@@ -43,7 +43,7 @@ def normalization_layer(info: dict, config: InputConfig | None = None, *,
                         name: str = "normalize") -> keras.layers.Layer:
     """The model's first layer: normalise raw 0-255 pixels (any dtype) to float32.
 
-    ``info`` is the prepared data set's ``dataset_info.json`` (e.g. from
+    ``info`` is the prepared data set's ``prepare_info.json`` (e.g. from
     :func:`components.inputs.check_prepared`). With ``config`` whose augment list
     includes ``standardize`` the layer standardises each image on its own; otherwise it
     uses the recorded train-split mean and std per channel.

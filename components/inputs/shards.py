@@ -35,9 +35,9 @@ _PARSE_CHUNK = 8192
 
 def check_prepared(data_dir: str | os.PathLike, splits: Sequence[str] = OUTPUT_SPLITS,
                    mode: VerifyMode = "full") -> dict:
-    """Validate a prepared data set directory and return its ``dataset_info.json`` as a dict.
+    """Validate a prepared data set directory and return its INFO_FILE (``prepare_info.json``) as a dict.
 
-    Always checked: the directory exists and is not empty; ``dataset_info.json`` parses,
+    Always checked: the directory exists and is not empty; ``prepare_info.json`` parses,
     has the schema version this code reads, and is self-consistent (image shape, class
     names, statistics, per-split counts); every shard it lists for ``splits`` exists.
 
@@ -83,7 +83,7 @@ def shard_paths(data_dir: str | os.PathLike, info: dict, split: str) -> list[str
 
 
 def num_examples(info: dict, split: str) -> int:
-    """Examples in ``split`` according to ``dataset_info.json``."""
+    """Examples in ``split`` according to ``prepare_info.json``."""
     return int(info["splits"][split]["examples"])
 
 
@@ -105,7 +105,7 @@ def content_fingerprint(info: dict, split: str) -> str:
 
 
 def _check_info(info: dict, path: pathlib.Path) -> None:
-    """Structure and internal consistency of ``dataset_info.json``."""
+    """Structure and internal consistency of ``prepare_info.json``."""
     version = info.get("schema_version")
     if version != schema.SCHEMA_VERSION:
         raise DataError(f"{path}: schema_version is {version!r}, this code reads version "
@@ -151,7 +151,7 @@ def _check_shard_full(path: str, expected: int, info: dict) -> None:
     """Every record: framing and data checksums, count, schema, shape, image size, label."""
     records = list(schema.iter_tfrecords(path))
     if len(records) != expected:
-        raise DataError(f"{path}: holds {len(records)} records, dataset_info.json says {expected}")
+        raise DataError(f"{path}: holds {len(records)} records, {INFO_FILE} says {expected}")
     for start in range(0, len(records), _PARSE_CHUNK):
         _check_records(path, records[start:start + _PARSE_CHUNK], info, first_index=start)
 
@@ -180,7 +180,7 @@ def _check_shard_counts(path: str, expected: int, info: dict) -> None:
             offset += 12 + length + 4
             count += 1
     if count != expected:
-        raise DataError(f"{path}: holds {count} records, dataset_info.json says {expected}")
+        raise DataError(f"{path}: holds {count} records, {INFO_FILE} says {expected}")
     if first is not None:
         _check_records(path, [first], info, first_index=0)
 
@@ -201,7 +201,7 @@ def _check_records(path: str, records: list[bytes], info: dict, first_index: int
     bad = np.flatnonzero((shapes != expected_shape).any(axis=1))
     if bad.size:
         raise DataError(f"{path}: record {first_index + bad[0]} has shape {shapes[bad[0]].tolist()}, "
-                        f"dataset_info.json says image_shape {info['image_shape']}")
+                        f"{INFO_FILE} says image_shape {info['image_shape']}")
     sizes = tf.strings.length(parsed["image"]).numpy()
     bad = np.flatnonzero(sizes != expected_shape.prod())
     if bad.size:

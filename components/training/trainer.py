@@ -200,8 +200,12 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
     started = time.perf_counter()
     if initial_epoch < epochs:
         epoch_data = one_pass_per_epoch(train_data, per_epoch, initial_epoch, exact=not inputs.data_service)
+        # An endless stream cut into epochs by steps_per_epoch: Keras never runs out of data,
+        # so it never warns that it did. shuffle=False: the data set shuffles itself, and
+        # Keras' shuffle applies to arrays only (for a tf.data.Dataset it only warns).
         model.fit(epoch_data, steps_per_epoch=per_epoch, validation_data=validation_data, epochs=epochs,
-                  initial_epoch=initial_epoch, callbacks=[c for c in all_callbacks if c is not None], verbose=0)
+                  initial_epoch=initial_epoch, callbacks=[c for c in all_callbacks if c is not None], verbose=0,
+                  shuffle=False)
     elif recipe.ema_decay > 0:
         with strategy.scope():
             swap_in_moving_average(model)
