@@ -77,7 +77,8 @@ def model_requirements() -> list[str]:
     that trained it (MLflow adds itself).
 
     Given explicitly because MLflow's default, inferring them by loading the model in a
-    subprocess, costs about 12 s per logged model and finds nothing more for these models.
+    subprocess, costs about 10 s per logged model (10.8 s and 9.8 s against 0.0 s, saving a
+    tiny model here) and adds only a pin of numpy, which keras requires anyway (unpinned).
     """
     from importlib.metadata import version
 
