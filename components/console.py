@@ -42,9 +42,10 @@ an NVIDIA GPU), and everything else is shown:
 
 5. **MLflow's INFO lines** (``Creating initial MLflow database tables...``, ``Skip logging
    GPU metrics. Set logger level to DEBUG for more details.``, system-metrics monitoring
-   started and stopped, ``Successfully registered model``): ``MLFLOW_LOGGING_LEVEL=WARNING``
-   unless the environment sets it, so MLflow's warnings and errors still show. The train
-   stage prints the run id, registered name and version itself.
+   started and stopped): ``MLFLOW_LOGGING_LEVEL=WARNING`` unless the environment sets it,
+   so MLflow's warnings and errors still show. The model registry's lines (``Successfully
+   registered model``, ``Created version``) are printed directly, not logged, and still
+   show; the train stage prints the run id, registered name and version itself too.
 
 Keras' ``shuffle=True`` and "ran out of data" warnings are not filtered: the trainer calls
 ``fit`` the way that does not provoke them (``components/training/trainer.py``).
