@@ -68,3 +68,13 @@ test-fast: setup
 
 clean:
 	rm -rf data/tfrecords models metrics/*.tmp .pytest_cache
+
+# The GPU check (pipeline/gpu_check.py): assemble build/gpu-check/ (the wheels the GPU machine
+# lacks, the CIFAR-10 JPEG copy, manifest.json, run.sh; under the 64 MiB a device call carries),
+# print the device command, then run the check here on the CPU in its quick form (tiny budgets,
+# marked "quick": true; with only the GPU machine's packages importable) ->
+# build/gpu-check-quick/gpu_check.json. FASHION_MNIST=1 carries Fashion-MNIST too.
+.PHONY: gpu-check
+gpu-check: setup
+	$(PY) -m pipeline.gpu_check build $(if $(FASHION_MNIST),--fashion-mnist)
+	$(PY) -m pipeline.gpu_check run --quick --as-gpu-machine --out build/gpu-check-quick

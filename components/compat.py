@@ -35,10 +35,22 @@ failed CUDA probe on machines without a GPU, Beam's apitools notice), so they li
    worker's logs reduced over its own replicas (``_collective_all_reduce_multi_worker``
    answers False). Gradients are still all-reduced across workers by the strategy; only
    the printed loss and metrics are per worker. Same upstream position (keras#20585).
+3. **keras.utils.set_random_seed imports TensorFlow on every backend.** Keras seeds
+   TensorFlow's global generator whenever TensorFlow is installed, by design (its
+   docstring: "the TensorFlow seed is set even if you're not using TensorFlow as your
+   backend framework", for tf.data users; keras/src/utils/rng_utils.py, 3.x up to at
+   least 3.15.1). On our JAX path nothing uses TensorFlow, and that import costs ~10 s
+   and ~0.5 GB per stage where TensorFlow is installed, and breaks the JAX path's
+   promise of not needing it. :func:`set_random_seed` does what Keras' does minus the
+   TensorFlow seed on the other backends (Keras' global seed, the global
+   SeedGenerator, Python's and NumPy's generators), and calls Keras' on TensorFlow.
+   Not a Keras bug (its documented behaviour), so no upstream issue; the tests show
+   Keras still imports TensorFlow there, and that ours seeds Keras identically.
 """
 from __future__ import annotations
 
 import functools
+import random
 
 # Keras versions the workarounds were checked against. Outside this range they are not
 # applied blindly: apply_keras_workarounds raises, so an upgrade is a decision, not a surprise.
@@ -99,3 +111,27 @@ def _build_from_local_batch(self, iterator=None, data_batch=None):
             break
     with self.distribute_strategy.scope():
         self._symbolic_build(data_batch=data_batch)
+
+
+def set_random_seed(seed: int) -> None:
+    """``keras.utils.set_random_seed(seed)`` without its TensorFlow import on other backends (workaround 3)."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        keras.utils.set_random_seed(seed)
+        return
+    low, high = KERAS_CHECKED
+    if not low <= keras_version() <= high:
+        raise CompatError(f"keras {'.'.join(map(str, keras_version()))} is outside the versions workaround 3 of "
+                          f"{__name__} was checked against; re-check keras/src/utils/rng_utils.py")
+    import numpy as np
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+
+    if not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r} ({type(seed).__name__})")
+    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)

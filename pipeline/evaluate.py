@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from components.backend import BackendError, activate_backend, resolve_backend
 from components.config import ConfigError, from_dict, load_params
 from components.console import quiet_console, start_tensorflow
 from components.evaluation import EvaluateConfig, EvaluationError
@@ -37,11 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         config = from_dict(EvaluateConfig, params.get("evaluate"), where=f"{args.params}:evaluate")
         experiments = catalogue(params, args.params)
         spec = resolve(args.experiment, params, args.params)
-        start_tensorflow(args.verbose)  # only now: bad input above fails without waiting for it
+        # The backend before Keras is imported; TensorFlow's start only now, so bad input above
+        # fails without waiting for it.
+        if activate_backend(resolve_backend(config.backend, f"{args.params}:evaluate.backend")) == "tensorflow":
+            start_tensorflow(args.verbose)
         from components.evaluation.evaluate import evaluate_experiment
 
         result = evaluate_experiment(spec, config, experiments)
-    except (ConfigError, EvaluationError, TrackingError) as error:
+    except (BackendError, ConfigError, EvaluationError, TrackingError) as error:
         print(f"evaluate: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return report(result, spec.name, config)

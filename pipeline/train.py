@@ -23,9 +23,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="show everything the libraries print (TensorFlow's start-up and C++ log included)")
     args = parser.parse_args(argv)
     quiet_console(args.verbose)
-    start_tensorflow(args.verbose)  # before the imports below load it
 
+    from components.backend import BackendError, activate_backend, resolve_backend
     from components.config import ConfigError
+    from components.training.config import load_train_settings
+
+    try:  # the backend first: Keras fixes it when first imported
+        backend = activate_backend(resolve_backend(load_train_settings(args.params).backend, "train.backend"))
+    except (ConfigError, BackendError) as error:
+        print(f"train: error: {error}", file=sys.stderr)
+        return 1
+    if backend == "tensorflow":
+        start_tensorflow(args.verbose)  # before the imports below load it
+
     from components.data import DataError
     from components.models import ModelConfigError
     from components.training.config import load_experiment
@@ -75,7 +85,7 @@ def _train(experiment, settings, tracking: bool) -> int:
     from components.tracking.runs import (MlflowEpochLogger, backfill_epochs, log_run_inputs, log_run_outputs,
                                           training_run)
 
-    from components.inputs import check_prepared
+    from components.inputs.shards import check_prepared
 
     # Cheap checks first, so a data set that is not prepared makes no MLflow run at all.
     check_prepared(experiment.paths.data, ("train", "validation"), mode="none")

@@ -121,3 +121,16 @@ def prepare_synthetic(out_dir: pathlib.Path, train: int, test: int, shards: dict
                            num_shards=shards, synthetic=SyntheticConfig(train_examples=train, test_examples=test))
     prepare_dataset(dataset, config, raw_dir=str(out_dir.parent / "raw"), out_dir=str(out_dir), log=lambda *_: None)
     return out_dir
+
+
+# Python source to put first in a subprocess's code: from then on any import of TensorFlow
+# raises ImportError (tests of the TF-free JAX path). A finder rather than
+# sys.modules["tensorflow"] = None, which puts the name in sys.modules, and Keras takes a
+# name there as TensorFlow being loaded (keras/src/utils/backend_utils.py: in_tf_graph).
+NO_TENSORFLOW = """import sys
+class NoTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "tensorflow":
+            raise ImportError(f"this process must not import TensorFlow (asked for {name})")
+sys.meta_path.insert(0, NoTensorFlow())
+"""

@@ -136,8 +136,9 @@ def test_model_info_has_metadata(name):
 # mode, the way mixed precision is used: it checks that the logits stay float32 and finite
 # while the rest of the net computes in float16. (In inference mode an *untrained* deep
 # net is not normalised at all, since BN's moving statistics start at mean 0 / variance 1,
-# and the un-normalised residual sum of a 100+ layer ResNet overflows float16's 65504;
-# after training, the moving statistics are real and this does not happen.)
+# and the un-normalised residual sum of a ResNet with 27 or more residual units overflows
+# float16's 65504 (components/models/resnet.py, FLOAT16_UNSAFE; tests/test_precision_models.py);
+# after a few training steps the moving statistics are real and this does not happen.)
 @pytest.mark.parametrize(
     "shape, policy, training",
     [((32, 32, 3), "float32", False), ((28, 28, 1), "mixed_float16", True)],

@@ -6,12 +6,16 @@ experiment is evaluated, and where its files are, comes from :mod:`components.ex
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
     """How ``python -m pipeline.evaluate`` scores, times and judges one experiment's model."""
 
+    # The Keras backend that loads and scores the model (components/backend.py); $KERAS_BACKEND,
+    # when set, wins. A model exported on either backend scores the same on both.
+    backend: Literal["tensorflow", "jax"] = "tensorflow"
     batch_size: int = 256  # images per batch, for scoring the test split and for the images/s figure
     throughput_batches: int = 10  # timed batches of batch_size (after warm-up) behind images/s
     latency_runs: int = 50  # timed single-image calls; the median is reported, in ms

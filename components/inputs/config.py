@@ -60,6 +60,10 @@ class InputConfig:
     ``batch_size / num_replicas``. Parallelism values take -1 for AUTOTUNE.
     """
 
+    # Where batches come from. tfdata: the tf.data pipeline over the shards (TensorFlow only).
+    # device: the split read into memory once (TF-free), batches drawn and augmented on the
+    # device (components/inputs/device.py; any backend). auto: tfdata on TensorFlow, device on JAX.
+    pipeline: Literal["auto", "tfdata", "device"] = "auto"
     batch_size: int = 128  # examples per batch, summed over replicas
     shuffle_buffer: int = 10000  # examples; 0 turns shuffling off (training only)
     cache: Literal["none", "memory", "disk"] = "none"  # serialized records, before the shuffle
@@ -107,3 +111,8 @@ class InputConfig:
             raise ValueError("cache: disk needs a cache_dir")
         if self.data_service is not None and not self.data_service.strip():
             raise ValueError("data_service must be a dispatcher address such as grpc://host:5050, or null")
+
+
+def one_hot_labels(config: InputConfig) -> bool:
+    """Whether inputs built with ``config`` yield one-hot float labels (else int64 class ids)."""
+    return config.labels == "one_hot" or (config.labels == "auto" and "mixup" in config.augment)

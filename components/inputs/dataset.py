@@ -26,7 +26,7 @@ import tensorflow as tf
 from components.compat import apply_keras_workarounds
 from components.data.errors import DataError
 from components.inputs.augment import Augmenter
-from components.inputs.config import AUTOTUNE, InputConfig
+from components.inputs.config import AUTOTUNE, InputConfig, one_hot_labels
 from components.inputs.policies import expand_policies
 from components.inputs.shards import check_prepared, content_fingerprint, num_examples, shard_paths
 
@@ -176,11 +176,6 @@ def shard_files(files: list[str], pipeline_id: int, pipelines: int, data_dir: st
         raise DataError(f"{data_dir}: split '{split}' has {len(files)} shard file(s), fewer than the "
                         f"{pipelines} input pipelines; prepare it with at least {pipelines} shards")
     return files[pipeline_id::pipelines]
-
-
-def one_hot_labels(config: InputConfig) -> bool:
-    """Whether datasets built with ``config`` yield one-hot float labels (else int64 class ids)."""
-    return config.labels == "one_hot" or (config.labels == "auto" and "mixup" in config.augment)
 
 
 def _derive_seed(seed: int, purpose: str) -> int:

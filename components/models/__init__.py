@@ -47,5 +47,14 @@ __all__ = [
     "list_models",
     "model_info",
     "register_model",
+    "float16_unsafe_reason",
     "resolve_hparams",
 ]
+
+
+def float16_unsafe_reason(name: str) -> str | None:
+    """Why model ``name`` is not safe in float16 (None when it is): untrained, in inference mode
+    (validation, evaluation before BatchNorm's statistics are learnt) its activations overflow
+    float16 (components/models/resnet.py). The trainer refuses ``mixed_precision: float16`` for
+    it and ``auto`` picks bfloat16, so no run can hit that."""
+    return resnet.FLOAT16_UNSAFE_REASON if name in resnet.FLOAT16_UNSAFE else None

@@ -27,6 +27,34 @@ ImageNet nets choose their stem with ``stem``: ``"imagenet"`` (7x7/2 conv + 3x3/
 max-pool, as slim), ``"cifar"`` (3x3/1 conv, no pool), or ``"auto"`` (the default:
 ImageNet stem only when H and W are both >= 128), so 28x28 and 32x32 images keep 4x4
 maps at the last block instead of vanishing. He-normal initialisation throughout.
+
+Precision. Every ResNet here is finite under ``float32``, ``mixed_bfloat16`` and, in
+training mode, ``mixed_float16``. The deep ones, :data:`FLOAT16_UNSAFE` (resnet56,
+resnet110, resnet110v2, resnet164v2, resnet101v2, resnet152v2, resnet200v2: 27 or more
+residual units), need ``float32`` or ``mixed_bfloat16`` whenever they run in inference
+mode (``training=False``: ``predict``, ``evaluate``, validation) before their BatchNorm
+moving statistics have been learnt; under ``mixed_float16`` they give inf/NaN logits
+there, on TensorFlow and JAX alike. The cause: BatchNormalization's moving statistics
+start at mean 0 and variance 1, so in inference mode an untrained BN is the identity
+(``x / sqrt(1 + 1e-3)``) and nothing in the net is normalised. With He-normal kernels each
+Conv(-ReLU) keeps the second moment of its input, so every residual unit adds a branch
+about as large as the stream it is added to: the stream's mean square about doubles per
+unit (x1.7-2.4 measured; the zero padding of "same" convs takes a little off) and its
+largest value grows about 1.4x per unit, to about 1e3 after 16-18 units
+(resnet34, resnet50v2, resnet56v2), 1e4 after 21 (resnet44), 7e4-4e5 after 27 (resnet56)
+and 2e5 (resnet110v2, 36 units) up to 7e9 (resnet200v2, 66 units), measured in float32 on
+N(0, 1) 32x32x3 images, against float16's largest finite value 65504 (a conv or Add
+output becomes inf, the logits NaN/inf). bfloat16 has float32's exponent range (max
+3.4e38), so it stays finite; in training mode BN normalises with the batch's statistics
+and no activation exceeds about 40. The moving statistics (momentum 0.99) catch up
+within a few training steps: float16 inference was finite again after 1 step (resnet56),
+5 (resnet110v2) and 20-50 (resnet200v2), so a trained model runs fine in float16; the
+overflow hits inference before or early in training (an evaluation of the untrained net,
+a smoke run of a few steps). Nothing in the float32 maths is wrong: the untrained net is
+simply un-normalised in inference mode, and the architectural remedies (zero-initialising
+the last layer of each residual branch, Goyal et al. 2017; Fixup-style scaling) change
+float32 training too, so this module keeps the papers' nets and flags the dtype instead.
+``tests/test_precision_models.py`` pins the finding.
 """
 from __future__ import annotations
 
@@ -34,7 +62,7 @@ import keras
 from keras import ops
 
 from components.models import blocks
-from components.models.registry import register_model
+from components.models.registry import list_models, register_model
 
 RESNET_PAPER = "He et al. 2016"
 RESNET_REFERENCE = "He, Zhang, Ren & Sun, Deep Residual Learning for Image Recognition, CVPR 2016 (arXiv:1512.03385)"
@@ -203,9 +231,35 @@ def build_preact_imagenet(name, input_shape, num_classes, *, units, stem, weight
 _RESNET_DEFAULTS = {"weight_decay": 1e-4}
 
 
+# --------------------------------------------------------------------------- precision
+FLOAT16_MAX = 65504.0  # the largest finite float16
+
+#: Models whose activations overflow float16 at initialisation in inference mode (see the
+#: module docstring): the trainer should refuse ``mixed_float16`` for them, citing
+#: :data:`FLOAT16_UNSAFE_REASON`. float32 and ``mixed_bfloat16`` are safe for every model.
+FLOAT16_UNSAFE: frozenset[str] = frozenset({
+    "resnet56", "resnet110",  # v1, 27 and 54 residual units
+    "resnet110v2", "resnet164v2",  # CIFAR v2, 36 and 54 units
+    "resnet101v2", "resnet152v2", "resnet200v2",  # ImageNet v2, 33, 50 and 66 units
+})
+
+FLOAT16_UNSAFE_REASON = (
+    "float16 overflows (inf/NaN logits) in inference mode until BatchNorm's moving statistics are "
+    "learnt (untrained, up to ~50 steps): they start at mean 0 / variance 1, so nothing is normalised "
+    "and the residual stream's variance about doubles per residual unit (He init), passing float16's max "
+    "65504; use float32 or mixed_bfloat16"
+)
+
+_PRECISION_DOC = (
+    "\n\nPrecision: float32 or mixed_bfloat16. mixed_float16 is unsafe (``FLOAT16_UNSAFE``): "
+    + FLOAT16_UNSAFE_REASON + "."
+)
+
+
 def _register(name: str, builder, doc: str, **metadata) -> None:
     builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = doc
+    # The first line stays the registry's one-line description.
+    builder.__doc__ = doc + (_PRECISION_DOC if name in FLOAT16_UNSAFE else "")
     register_model(name, family="resnet", **metadata)(builder)
 
 
@@ -261,3 +315,7 @@ for _depth in (56, 110, 164):
     _register_cifar_v2(_depth)
 for _depth, _units in ((50, (3, 4, 6, 3)), (101, (3, 4, 23, 3)), (152, (3, 8, 36, 3)), (200, (3, 24, 36, 3))):
     _register_imagenet_v2(_depth, _units)
+
+# A typo in FLOAT16_UNSAFE would silently let a model through the trainer's check.
+if FLOAT16_UNSAFE - set(list_models("resnet")):
+    raise AssertionError(f"FLOAT16_UNSAFE names unregistered models: {sorted(FLOAT16_UNSAFE - set(list_models()))}")

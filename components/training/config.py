@@ -145,8 +145,13 @@ class TrainSettings:
 
     models_dir: str = "models"
     checkpoints_dir: str = "checkpoints"  # resumable state, outside DVC's outputs so it survives a kill
-    mixed_precision: Literal["auto", "on", "off"] = "auto"  # auto: on with a GPU
-    jit_compile: Literal["auto", "on", "off"] = "auto"  # auto: on with a GPU (XLA halves CPU speed here)
+    # The Keras backend (components/backend.py); $KERAS_BACKEND, when set, wins and is recorded.
+    backend: Literal["tensorflow", "jax"] = "tensorflow"
+    # float16 / bfloat16: mixed precision in that dtype (variables and logits stay float32);
+    # on: float16; auto: float16 with a GPU (bfloat16 for the models float16 overflows,
+    # components/models/resnet.py FLOAT16_UNSAFE), float32 on a CPU; off: float32.
+    mixed_precision: Literal["auto", "on", "off", "float16", "bfloat16"] = "auto"
+    jit_compile: Literal["auto", "on", "off"] = "auto"  # auto: on with a GPU or on JAX (XLA halves TF's CPU speed here)
     distribute: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
     tracking: bool = True  # log to MLflow
     register_model: bool = True  # register the exported model under the experiment's name
@@ -192,8 +197,15 @@ def resolve_experiment(name: str, params: dict, where: str = "params.yaml") -> E
     return Experiment(name, spec.dataset, spec.model, spec.recipe, recipe, dict(spec.model_hparams), ref.paths)
 
 
+def load_train_settings(params_path: str = "params.yaml") -> TrainSettings:
+    """The ``train`` section of ``params_path``, typed (imports no Keras: the backend is chosen from it)."""
+    return from_dict(TrainSettings, load_params(params_path).get("train"), where=f"{params_path}:train")
+
+
 def load_experiment(name: str, params_path: str = "params.yaml") -> tuple[Experiment, TrainSettings]:
-    """The experiment ``name`` (its data read where prepare writes it) and the ``train`` settings."""
+    """The experiment ``name`` (its data read where prepare writes it) and the ``train`` settings.
+
+    Imports Keras (to check the model's name): activate the backend first."""
     params = load_params(params_path)
     settings = from_dict(TrainSettings, params.get("train"), where=f"{params_path}:train")
     return resolve_experiment(name, params, params_path), settings

@@ -4,8 +4,12 @@
 adds MLflow through ``callbacks``). It
 
 * checks the prepared data and every setting before the first step;
-* picks the strategy, mixed precision and XLA (on where they help: with a GPU), and with
-  ``train.deterministic`` makes the run repeatable bit for bit;
+* runs on the Keras backend the stage activated (``train.backend``: TensorFlow, with
+  tf.data or the device-resident input, or JAX, which needs no TensorFlow at all; see
+  :mod:`components.backend` and :mod:`components.training.inputs`);
+* picks the strategy (TensorFlow), mixed precision (float16 or bfloat16) and XLA (on
+  where they help: with a GPU, and always on JAX), and with ``train.deterministic``
+  makes the run repeatable bit for bit;
 * resumes from ``<checkpoints_dir>/<experiment>/`` when a previous run was interrupted
   (same command, continues after its last completed epoch with the optimizer state, the
   schedule's step and the data order where they were, same total epochs);
@@ -18,6 +22,7 @@ adds MLflow through ``callbacks``). It
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -31,18 +36,21 @@ from typing import Callable, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from components import backend as backends
+from components.compat import set_random_seed
 from components.config import from_dict, to_dict
 from components.data.errors import DataError
-from components.inputs import InputConfig, build_dataset, check_prepared, normalization_layer, steps_per_epoch
-from components.inputs.dataset import one_hot_labels
+from components.inputs.config import InputConfig, one_hot_labels
+from components.inputs.normalization import normalization_layer
+from components.inputs.shards import check_prepared, steps_per_epoch
 from components.models import create_model, model_info
 from components.training.callbacks import (STATE_FILE, Checkpoint, CheckpointError, Checkpointer, EpochTimer,
                                            ProgressLine, kill_point, latest_checkpoint, replace_directory,
                                            write_atomically, write_history_csv)
 from components.training.config import Experiment, RecipeConfig, TrainSettings
 from components.training.distribute import is_chief, make_strategy
+from components.training.inputs import build_training_inputs
 from components.training.schedules import build_optimizer, build_schedule, plateau_callback
 
 
@@ -58,13 +66,15 @@ class TrainResult:
     metrics: dict
 
 
-def input_config(experiment: Experiment, settings: TrainSettings) -> InputConfig:
+def input_config(experiment: Experiment, settings: TrainSettings, backend: str | None = None) -> InputConfig:
     """The input pipeline's effective config: what the trainer builds its data sets with,
     the checkpoint fingerprint holds and MLflow logs.
 
     The stage's shared knobs plus the recipe's batch, augmentation and seed, and what the
     recipe and settings imply: one-hot labels when the recipe smooths labels (its loss
-    needs rows), a deterministic order with ``train.deterministic``.
+    needs rows), a deterministic order with ``train.deterministic``, and ``pipeline``
+    resolved for ``backend`` (default: the running one): ``auto`` is tf.data on
+    TensorFlow, the device-resident input on JAX.
     """
     recipe = experiment.recipe
     merged = {**settings.input, "batch_size": recipe.batch_size, "augment": list(recipe.augment), "seed": recipe.seed}
@@ -73,7 +83,45 @@ def input_config(experiment: Experiment, settings: TrainSettings) -> InputConfig
         inputs = dataclasses.replace(inputs, labels="one_hot")
     if settings.deterministic and not inputs.deterministic:
         inputs = dataclasses.replace(inputs, deterministic=True)
+    if inputs.pipeline == "auto":
+        backend = backend or backends.current_backend()
+        inputs = dataclasses.replace(inputs, pipeline="tfdata" if backend == "tensorflow" else "device")
     return inputs
+
+
+def check_backend_settings(experiment: Experiment, settings: TrainSettings, inputs: InputConfig, backend: str) -> None:
+    """Settings the backend cannot honour, as a TrainingError naming the setting, before any step."""
+    if backend == "tensorflow":
+        return
+    if inputs.pipeline == "tfdata":
+        raise TrainingError(f"train.input.pipeline: 'tfdata' feeds the TensorFlow backend; backend {backend!r} "
+                            "reads its data with pipeline 'device' (or 'auto')")
+    if settings.distribute in ("mirrored", "multi_worker"):
+        raise TrainingError(f"train.distribute: {settings.distribute!r} is a tf.distribute strategy; backend "
+                            f"{backend!r} trains on one device here (use 'auto' or 'default')")
+    if inputs.data_service is not None:
+        raise TrainingError(f"train.input.data_service: the tf.data service feeds the TensorFlow backend; backend "
+                            f"{backend!r} keeps the split in device memory (set it to null)")
+
+
+def precision_policy(setting: str, accelerator: bool, model: str) -> str:
+    """The Keras dtype policy for ``train.mixed_precision``: float32, mixed_float16 or mixed_bfloat16.
+
+    ``auto``: float16 with an accelerator, bfloat16 there for the models float16 cannot
+    take (:func:`components.models.float16_unsafe_reason`), float32 on a CPU. Asking for
+    float16 for such a model is an error naming the reason.
+    """
+    from components.models import float16_unsafe_reason
+
+    reason = float16_unsafe_reason(model)
+    if setting == "auto":
+        dtype = ("bfloat16" if reason else "float16") if accelerator else None
+    else:
+        dtype = {"on": "float16", "off": None}.get(setting, setting)
+    if dtype == "float16" and reason:
+        raise TrainingError(f"train.mixed_precision: {setting!r} trains {model} in float16, which it cannot take: "
+                            f"{reason}")
+    return f"mixed_{dtype}" if dtype else "float32"
 
 
 def loss_and_accuracy(recipe: RecipeConfig, inputs: InputConfig):
@@ -88,17 +136,19 @@ def loss_and_accuracy(recipe: RecipeConfig, inputs: InputConfig):
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, NumPy, TensorFlow and Keras; with ``deterministic`` also turn on
-    TensorFlow's op determinism (process-wide: same inputs and hardware, same bits)."""
-    keras.utils.set_random_seed(seed)
+    """Seed Python, NumPy, Keras and the backend; with ``deterministic`` also make the
+    backend's kernels deterministic (process-wide: same inputs and hardware, same bits)."""
+    set_random_seed(seed)  # keras.utils.set_random_seed, minus its TensorFlow import on JAX (components/compat.py)
     if deterministic:
-        tf.config.experimental.enable_op_determinism()
+        backends.enable_determinism()
 
 
-def fingerprint(experiment: Experiment, inputs: InputConfig) -> dict:
-    """What a checkpoint must match to be resumed."""
+def fingerprint(experiment: Experiment, inputs: InputConfig, backend: str | None = None) -> dict:
+    """What a checkpoint must match to be resumed: the backend too (its kernels and its
+    input pipeline's draws differ, so a run continued on the other one would be neither)."""
     return {"dataset": experiment.dataset, "model": experiment.model, "model_hparams": experiment.model_hparams,
-            "recipe": to_dict(experiment.recipe), "input": to_dict(inputs)}
+            "recipe": to_dict(experiment.recipe), "input": to_dict(inputs),
+            "backend": backend or backends.current_backend()}
 
 
 def model_hparams(experiment: Experiment) -> dict:
@@ -138,20 +188,25 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
     returns becomes ``train_metrics.json`` (the MLflow edge adds its run id and registered
     version there), and nothing writes to the directory once it is published.
     """
+    backend = backends.current_backend()
     # First: a multi-worker strategy must exist before anything initialises TensorFlow.
-    strategy = make_strategy(settings.distribute)
+    strategy = make_strategy(settings.distribute) if backend == "tensorflow" else None
     recipe = experiment.recipe
     data_dir = experiment.paths.data
+    inputs = input_config(experiment, settings, backend)
+    check_backend_settings(experiment, settings, inputs, backend)
+    # The device pipeline checks every record as it reads the split (components/inputs/arrays.py).
+    verify = "none" if inputs.pipeline == "device" else inputs.verify_shards
     try:
-        info = check_prepared(data_dir, ("train", "validation"), mode=(settings.input or {}).get("verify_shards", "full"))
+        info = check_prepared(data_dir, ("train", "validation"), mode=verify)
     except DataError as error:
         raise DataError(f"{error}\n(data set '{experiment.dataset}' not prepared? run "
                         f"`python -m pipeline.prepare --dataset {experiment.dataset}` or `dvc repro`)") from None
-    inputs = input_config(experiment, settings)
-    gpu = bool(tf.config.list_physical_devices("GPU"))
-    mixed = settings.mixed_precision == "on" or (settings.mixed_precision == "auto" and gpu)
-    jit = settings.jit_compile == "on" or (settings.jit_compile == "auto" and gpu)
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    accelerator = backends.has_accelerator()
+    policy = precision_policy(settings.mixed_precision, accelerator, experiment.model)
+    # XLA: always on JAX (its compiler); on TensorFlow where it helps, with a GPU.
+    jit = settings.jit_compile == "on" or (settings.jit_compile == "auto" and (accelerator or backend == "jax"))
+    keras.mixed_precision.set_global_policy(policy)
     seed_everything(recipe.seed, settings.deterministic)
 
     per_epoch = steps_per_epoch(info, "train", recipe.batch_size, inputs.drop_remainder)
@@ -159,18 +214,19 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
         raise TrainingError(f"batch_size {recipe.batch_size} is larger than the {info['splits']['train']['examples']} "
                             f"training examples of {experiment.dataset}")
     epochs = math.ceil(recipe.steps / per_epoch) if recipe.steps else recipe.epochs
+    replicas = strategy.num_replicas_in_sync if strategy else 1
     log(f"[train] {experiment.name}: {experiment.model} on {experiment.dataset}, recipe {experiment.recipe_name}, "
-        f"{epochs} epochs x {per_epoch} steps of {recipe.batch_size}, {strategy.num_replicas_in_sync} replica(s), "
-        f"{'GPU' if gpu else 'CPU'}, mixed precision {'on' if mixed else 'off'}, XLA {'on' if jit else 'off'}, "
-        f"deterministic {'on' if settings.deterministic else 'off'}")
+        f"{epochs} epochs x {per_epoch} steps of {recipe.batch_size}, {replicas} replica(s), "
+        f"{'GPU' if accelerator else 'CPU'}, backend {backend}, input {inputs.pipeline}, precision {policy}, "
+        f"XLA {'on' if jit else 'off'}, deterministic {'on' if settings.deterministic else 'off'}")
 
     checkpoint_dir = pathlib.Path(settings.checkpoints_dir) / experiment.name
     if not is_chief():  # other workers checkpoint too (collectives need them), somewhere private
         checkpoint_dir = checkpoint_dir.with_name(f"{experiment.name}.worker-{os.getpid()}")
-    wanted = fingerprint(experiment, inputs)
+    wanted = fingerprint(experiment, inputs, backend)
     checkpoint = load_checkpoint(checkpoint_dir, wanted, log)
 
-    with strategy.scope():
+    with strategy.scope() if strategy else contextlib.nullcontext():
         model = build_training_model(experiment, info, inputs)
         schedule = build_schedule(recipe.optimizer, recipe.schedule, per_epoch, epochs)
         optimizer = build_optimizer(recipe.optimizer, schedule, recipe.ema_decay)
@@ -179,15 +235,11 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
         if checkpoint:
             optimizer.build(model.trainable_variables)
             model.load_weights(str(checkpoint.weights))  # the optimizer's variables too: step, slots, average
-    train_data = build_dataset(data_dir, "train", inputs, training=True)
-    # Evaluation keeps every example: ceil(examples / batch) batches, checked as they are read.
-    validation_batches = steps_per_epoch(info, "validation", recipe.batch_size, drop_remainder=False)
-    validation_data = build_dataset(data_dir, "validation", inputs, training=False).apply(
-        tf.data.experimental.assert_cardinality(validation_batches))
 
     state = checkpoint.state if checkpoint else {}
     history = list(state.get("history", []))
     initial_epoch = state.get("completed_epochs", 0)
+    data = build_training_inputs(data_dir, info, inputs, per_epoch, initial_epoch)
     if checkpoint:
         log(f"[train] resuming {experiment.name} after epoch {initial_epoch} of {epochs} at optimizer step "
             f"{int(optimizer.iterations.numpy())} from {checkpoint.path}")
@@ -199,20 +251,19 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
                      checkpointer, ProgressLine(epochs), *callbacks]
     started = time.perf_counter()
     if initial_epoch < epochs:
-        epoch_data = one_pass_per_epoch(train_data, per_epoch, initial_epoch, exact=not inputs.data_service)
         # An endless stream cut into epochs by steps_per_epoch: Keras never runs out of data,
-        # so it never warns that it did. shuffle=False: the data set shuffles itself, and
-        # Keras' shuffle applies to arrays only (for a tf.data.Dataset it only warns).
-        model.fit(epoch_data, steps_per_epoch=per_epoch, validation_data=validation_data, epochs=epochs,
+        # so it never warns that it did. shuffle=False: the inputs shuffle themselves, and
+        # Keras' shuffle applies to arrays only (for a data set it only warns).
+        model.fit(data.train, steps_per_epoch=per_epoch, validation_data=data.validation, epochs=epochs,
                   initial_epoch=initial_epoch, callbacks=[c for c in all_callbacks if c is not None], verbose=0,
                   shuffle=False)
     elif recipe.ema_decay > 0:
-        with strategy.scope():
+        with strategy.scope() if strategy else contextlib.nullcontext():
             swap_in_moving_average(model)
     train_time = time.perf_counter() - started + sum(r.get("epoch_time_s", 0) for r in history[:initial_epoch])
 
     selected, candidates = select_exported_weights(model, checkpointer.best_weights, recipe.ema_decay > 0,
-                                                   validation_data, log)
+                                                   data.validation, log)
     digest = weights_digest(model)
     metrics = {
         "experiment": experiment.name, "dataset": experiment.dataset, "model": experiment.model,
@@ -228,8 +279,9 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
         # The first epoch includes tracing and warm-up; the steady rate is what the others show.
         "images_per_s": round(statistics.median([r.get("images_per_s", 0) for r in history[1:] or history] or [0]), 1),
         "params": int(model.count_params()),
-        "replicas": strategy.num_replicas_in_sync, "mixed_precision": mixed, "jit_compile": jit,
-        "deterministic": settings.deterministic,
+        "replicas": replicas, "backend": backend, "input_pipeline": inputs.pipeline,
+        "mixed_precision": policy != "float32", "precision": policy, "jit_compile": jit,
+        "deterministic": settings.deterministic, "device": "GPU" if accelerator else "CPU",
         # Filled in by the MLflow edge (before_publish) when tracking is on.
         "mlflow_run_id": None, "registered_model_name": None, "registered_model_version": None,
     }
@@ -241,30 +293,6 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
         f"{metrics['train_time_s']:.0f} s, {metrics['images_per_s']:,.0f} img/s, weights sha256 {digest}"
         + (f" -> {model_dir}" if is_chief() else ""))
     return TrainResult(experiment.name, model_dir, history, metrics)
-
-
-def one_pass_per_epoch(train_data: tf.data.Dataset, per_epoch: int, completed_epochs: int,
-                       exact: bool = True) -> tf.data.Dataset:
-    """The endless stream ``fit`` trains on: ``train_data``'s passes one after another, each
-    checked (``exact``) to hold exactly ``per_epoch`` batches, the first being epoch
-    ``completed_epochs + 1``'s. Through the tf.data service a pass's count varies (each
-    service worker drops its own last partial batch), so there it is not checked and an
-    epoch is ``per_epoch`` batches of the stream.
-
-    Each pass draws its own shuffle and augmentation seeds from streams that start afresh
-    in every process; Keras keeps one iterator over the stream, so epoch e trains on the
-    e-th draw. A resumed run first moves the streams on by ``completed_epochs`` (making an
-    iterator draws a pass's seeds; no data is read), so it does not replay epoch 1's
-    order. (With ``cache`` on, the cached file order is the first pass the process
-    completes, so it still differs from the uninterrupted run's.) With ``steps_per_epoch``
-    given, Keras also never steps into an exhausted iterator: on a finite data set of
-    unknown size Keras 3.15 does, once per epoch, and counts an optimizer step that
-    updates nothing but moves the learning-rate schedule on.
-    """
-    one_pass = train_data.apply(tf.data.experimental.assert_cardinality(per_epoch)) if exact else train_data
-    for _ in range(completed_epochs):
-        iter(one_pass)
-    return one_pass.repeat()
 
 
 def swap_in_moving_average(model: keras.Model) -> None:

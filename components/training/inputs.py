@@ -1,0 +1,94 @@
+"""The trainer's two input pipelines, behind one function: tf.data, or device-resident.
+
+* ``tfdata`` (TensorFlow backend): the tf.data pipeline over the shards
+  (:mod:`components.inputs.dataset`), read, shuffled and augmented by tf.data's threads.
+* ``device`` (any backend; the only one on JAX): each split read into memory once
+  without TensorFlow (:mod:`components.inputs.arrays`), sent to the device as uint8, and
+  every batch drawn and augmented there (:mod:`components.inputs.device`).
+
+Both give ``fit`` an endless stream cut into epochs by ``steps_per_epoch`` and a finite
+validation set holding every example once. TensorFlow is imported only for ``tfdata``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from components.inputs.config import InputConfig, one_hot_labels
+from components.inputs.policies import expand_policies
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingInputs:
+    """What ``fit`` trains and validates on."""
+
+    train: object  # endless: per_epoch batches make one epoch
+    validation: object  # finite: every validation example once, in a fixed order
+
+
+def build_training_inputs(data_dir: pathlib.Path, info: dict, inputs: InputConfig, per_epoch: int,
+                          completed_epochs: int) -> TrainingInputs:
+    """The inputs of ``inputs.pipeline`` (resolved: ``tfdata`` or ``device``), positioned so
+    the first training batch is epoch ``completed_epochs + 1``'s."""
+    if inputs.pipeline == "device":
+        return _device_inputs(data_dir, info, inputs, completed_epochs)
+    return _tfdata_inputs(data_dir, info, inputs, per_epoch, completed_epochs)
+
+
+def _device_inputs(data_dir: pathlib.Path, info: dict, inputs: InputConfig, completed_epochs: int) -> TrainingInputs:
+    from components.inputs.arrays import read_split
+    from components.inputs.device import DeviceBatches
+
+    one_hot, num_classes = one_hot_labels(inputs), info["num_classes"]
+    ops = [op for op in expand_policies(inputs.augment, info["image_shape"][2]) if op != "standardize"]
+    # cutout erases with the data set mean, so an erased patch normalises to about zero
+    fill = [float(v) for v in info["train_statistics"]["mean"]]
+    train_images, train_labels = read_split(data_dir, "train", info)
+    validation_images, validation_labels = read_split(data_dir, "validation", info)
+    train = DeviceBatches(train_images, train_labels, num_classes=num_classes, batch_size=inputs.batch_size,
+                          training=True, ops=ops, params=inputs.augment_params, fill=fill, one_hot=one_hot,
+                          seed=inputs.seed, drop_remainder=inputs.drop_remainder, start_epoch=completed_epochs)
+    validation = DeviceBatches(validation_images, validation_labels, num_classes=num_classes,
+                               batch_size=inputs.batch_size, training=False, one_hot=one_hot)
+    return TrainingInputs(train, validation)
+
+
+def _tfdata_inputs(data_dir: pathlib.Path, info: dict, inputs: InputConfig, per_epoch: int,
+                   completed_epochs: int) -> TrainingInputs:
+    import tensorflow as tf
+
+    from components.inputs.dataset import build_dataset
+    from components.inputs.shards import steps_per_epoch
+
+    train = build_dataset(data_dir, "train", inputs, training=True)
+    # Evaluation keeps every example: ceil(examples / batch) batches, checked as they are read.
+    validation_batches = steps_per_epoch(info, "validation", inputs.batch_size, drop_remainder=False)
+    validation = build_dataset(data_dir, "validation", inputs, training=False).apply(
+        tf.data.experimental.assert_cardinality(validation_batches))
+    return TrainingInputs(one_pass_per_epoch(train, per_epoch, completed_epochs, exact=not inputs.data_service),
+                          validation)
+
+
+def one_pass_per_epoch(train_data, per_epoch: int, completed_epochs: int, exact: bool = True):
+    """The endless stream ``fit`` trains on: ``train_data``'s passes one after another, each
+    checked (``exact``) to hold exactly ``per_epoch`` batches, the first being epoch
+    ``completed_epochs + 1``'s. Through the tf.data service a pass's count varies (each
+    service worker drops its own last partial batch), so there it is not checked and an
+    epoch is ``per_epoch`` batches of the stream.
+
+    Each pass draws its own shuffle and augmentation seeds from streams that start afresh
+    in every process; Keras keeps one iterator over the stream, so epoch e trains on the
+    e-th draw. A resumed run first moves the streams on by ``completed_epochs`` (making an
+    iterator draws a pass's seeds; no data is read), so it does not replay epoch 1's
+    order. (With ``cache`` on, the cached file order is the first pass the process
+    completes, so it still differs from the uninterrupted run's.) With ``steps_per_epoch``
+    given, Keras also never steps into an exhausted iterator: on a finite data set of
+    unknown size Keras 3.15 does, once per epoch, and counts an optimizer step that
+    updates nothing but moves the learning-rate schedule on.
+    """
+    import tensorflow as tf
+
+    one_pass = train_data.apply(tf.data.experimental.assert_cardinality(per_epoch)) if exact else train_data
+    for _ in range(completed_epochs):
+        iter(one_pass)
+    return one_pass.repeat()
