@@ -47,12 +47,16 @@ def resolve_backend(configured: str | None, where: str = "train.backend") -> str
     return name
 
 
-def activate_backend(name: str) -> str:
+def activate_backend(name: str, deterministic: bool = False) -> str:
     """Make ``name`` the Keras backend of this process (before Keras is imported) and return it.
 
     Once Keras is imported its backend is fixed; asking for another one then raises
-    BackendError rather than training on the wrong one.
+    BackendError rather than training on the wrong one. ``deterministic`` on JAX asks XLA
+    for deterministic GPU kernels now, because XLA reads its flags once, when JAX starts
+    (see :func:`enable_determinism`).
     """
+    if deterministic and name == "jax":
+        _xla_deterministic_flag()
     if "keras" in sys.modules:
         import keras
 
@@ -91,17 +95,22 @@ def enable_determinism() -> None:
     """Deterministic kernels, process-wide: same inputs and hardware, same bits.
 
     TensorFlow: op determinism. JAX on CPU is deterministic already; on a GPU XLA needs
-    ``--xla_gpu_deterministic_ops``, which it reads when JAX starts, so it is set in
-    ``XLA_FLAGS`` here (call this before the first JAX computation).
+    ``--xla_gpu_deterministic_ops``, which it reads when JAX starts: the stage sets it
+    through :func:`activate_backend` (``deterministic=True``), before anything starts JAX.
     """
     if current_backend() == "jax":
-        flags = os.environ.get("XLA_FLAGS", "")
-        if "--xla_gpu_deterministic_ops" not in flags:
-            os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
+        _xla_deterministic_flag()
         return
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
+
+
+def _xla_deterministic_flag() -> None:
+    """``--xla_gpu_deterministic_ops=true`` in ``XLA_FLAGS``: it takes effect only if set before JAX starts."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "--xla_gpu_deterministic_ops" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
 
 
 def compile_function(function: Callable) -> Callable:

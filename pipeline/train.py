@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     from components.training.config import load_train_settings
 
     try:  # the backend first: Keras fixes it when first imported
-        backend = activate_backend(resolve_backend(load_train_settings(args.params).backend, "train.backend"))
+        settings = load_train_settings(args.params)
+        backend = activate_backend(resolve_backend(settings.backend, "train.backend"), settings.deterministic)
     except (ConfigError, BackendError) as error:
         print(f"train: error: {error}", file=sys.stderr)
         return 1

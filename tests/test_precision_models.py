@@ -29,7 +29,6 @@ About 40 s on 2 CPU cores (the JAX subprocess runs beside the TensorFlow tests).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -44,6 +43,7 @@ import pytest
 
 from components.models import create_model, list_models, model_info
 from components.models.resnet import FLOAT16_MAX, FLOAT16_UNSAFE, FLOAT16_UNSAFE_REASON
+from tests.test_models import global_policy
 
 SEED = 0
 SHAPE = (32, 32, 3)
@@ -64,16 +64,6 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning",
     "ignore:The structure of `inputs` doesn't match:UserWarning",
 )
-
-
-@contextlib.contextmanager
-def global_policy(policy: str):
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def images() -> np.ndarray:
