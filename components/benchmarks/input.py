@@ -24,10 +24,6 @@ import pathlib
 import statistics
 import time
 
-import numpy as np
-
-from components.data import schema
-
 WARMUP_BATCHES = 20
 
 
@@ -42,22 +38,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--images", type=int, default=60000, help="images timed per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-xla", action="store_true", help="run our augmentation without XLA")
-
-
-def load_split(data_dir: str, info: dict, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """The whole split as uint8 images [N, H, W, C] and int64 labels, for the in-memory baseline."""
-    import tensorflow as tf
-
-    from components.inputs import parse_batch, shard_paths
-
-    images, labels = [], []
-    for path in shard_paths(data_dir, info, split):
-        records = list(schema.iter_tfrecords(path))
-        if records:
-            batch_images, batch_labels = parse_batch(tf.constant(records), info["image_shape"])
-            images.append(batch_images.numpy())
-            labels.append(batch_labels.numpy())
-    return np.concatenate(images), np.concatenate(labels)
 
 
 def per_example_augmentation(ops: tuple[str, ...], params, image_shape, mean, std):
@@ -124,6 +104,7 @@ def run(args) -> dict:
     import tensorflow as tf
 
     from components.inputs import InputConfig, check_prepared, expand_policies, output_is_uint8
+    from components.inputs.arrays import read_split
 
     from components.config import load_params
     from components.experiments import data_root
@@ -136,7 +117,7 @@ def run(args) -> dict:
     ops = expand_policies(policies, info["image_shape"][2])
     load_before = os.getloadavg()[0]
 
-    images, labels = load_split(data_dir, info)
+    images, labels = read_split(data_dir, "train", info)  # the whole split in memory, for the baseline
     stats = info["train_statistics"]
     augment = per_example_augmentation(ops, config.augment_params, info["image_shape"], stats["mean"], stats["std"])
     baseline_ds = (tf.data.Dataset.from_tensor_slices((images, labels)).repeat()
