@@ -23,6 +23,24 @@ class ConfigError(ValueError):
     """A params file or section that does not match its dataclass."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key repeated in one mapping: PyYAML keeps the last one
+    silently, so two experiments of one name would become one, and a setting written twice
+    would hide the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"key {key!r} appears twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def load_params(path: str | pathlib.Path = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
     """Read a YAML params file into a dict, with a clear error when it is missing or malformed."""
     path = pathlib.Path(path)
@@ -31,7 +49,7 @@ def load_params(path: str | pathlib.Path = DEFAULT_PARAMS_PATH) -> dict[str, Any
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found (expected a YAML file with stage sections)") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(data, dict):

@@ -16,7 +16,7 @@ from components.console import quiet_console, start_tensorflow
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", required=True, help="a name under 'experiments' or 'zoo' in params")
+    parser.add_argument("--experiment", required=True, help="a name under 'experiments', 'zoo' or 'zoo_cpu' in params")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow (overrides train.tracking)")
     parser.add_argument("--verbose", action="store_true",
@@ -98,7 +98,7 @@ def _train(experiment, settings, tracking: bool) -> int:
                       "recipe_name": experiment.recipe_name, "recipe": to_dict(experiment.recipe),
                       "model_hparams": experiment.model_hparams, "input": to_dict(input_config(experiment, settings)),
                       "train": {k: v for k, v in to_dict(settings).items() if k != "input"}}
-            log_run_inputs(config, experiment.paths.data, experiment.dataset, stage=f"train@{experiment.name}")
+            log_run_inputs(config, experiment.paths.data, experiment.dataset, stage=experiment.train_stage or f"train@{experiment.name}")
         registered = experiment.registered_model_name if settings.register_model else None
 
         def record_in_mlflow(staged_dir: pathlib.Path, metrics: dict) -> dict:

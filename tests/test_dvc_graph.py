@@ -63,10 +63,23 @@ def import_closure(module: str, root: pathlib.Path = REPO) -> set[pathlib.Path]:
     return seen
 
 
+PIPELINES = ("dvc.yaml", "zoo/paper/dvc.yaml", "zoo/cpu/dvc.yaml")  # components.experiments.EXPERIMENT_SETS
+
+
 def stages() -> dict[str, dict]:
-    """dvc.yaml's stages, ``foreach`` ones by their ``do`` body."""
-    document = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    return {name: stage.get("do", stage) for name, stage in document["stages"].items()}
+    """The stages of every pipeline (``zoo/cpu/dvc.yaml:train``), ``foreach`` ones by their ``do`` body."""
+    found = {}
+    for pipeline in PIPELINES:
+        document = yaml.safe_load((REPO / pipeline).read_text())
+        prefix = "" if pipeline == "dvc.yaml" else f"{pipeline}:"
+        found.update({prefix + name: stage.get("do", stage) for name, stage in document["stages"].items()})
+    return found
+
+
+def test_the_pipelines_are_the_experiment_sets():
+    from components.experiments import EXPERIMENT_SETS
+
+    assert PIPELINES == tuple(s.pipeline for s in EXPERIMENT_SETS)
 
 
 def stage_module(stage: dict) -> str:

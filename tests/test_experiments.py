@@ -12,13 +12,14 @@ from tests.conftest import REPO
 
 PARAMS = {"prepare": {"out_root": "shards"}, "train": {"models_dir": "trained"},
           "experiments": {"a": {"dataset": "cifar10", "model": "resnet20", "recipe": "r"}},
-          "zoo": {"a": {"dataset": "mnist", "model": "mlp"}, "a-paper": {"dataset": "cifar10", "model": "resnet20"}}}
+          "zoo": {"a-paper": {"dataset": "cifar10", "model": "resnet20"}},
+          "zoo_cpu": {"a-cpu": {"dataset": "cifar10", "model": "resnet20"}}}
 
 
 def test_every_output_is_keyed_by_the_experiment_not_the_pair():
     experiments = catalogue(PARAMS, root="/repo")
     a, paper = experiments["a"], experiments["a-paper"]
-    assert (a.dataset, a.model, a.section) == ("cifar10", "resnet20", "experiments")  # experiments wins over zoo
+    assert (a.dataset, a.model, a.section) == ("cifar10", "resnet20", "experiments")
     assert (paper.dataset, paper.model, paper.section) == ("cifar10", "resnet20", "zoo")
     layout = {name: str(getattr(a.paths, name)) for name in (
         "data", "model", "train_summary", "train_metrics", "test_metrics", "verdict", "accepted", "history",
@@ -37,10 +38,44 @@ def test_every_output_is_keyed_by_the_experiment_not_the_pair():
     assert a.paths.data == paper.paths.data
 
 
+def test_each_set_writes_under_its_own_root_and_names_its_own_stages():
+    experiments = catalogue(PARAMS, root="/repo")
+    a, paper, cpu = experiments["a"], experiments["a-paper"], experiments["a-cpu"]
+    assert (str(paper.paths.model), str(paper.paths.test_metrics), str(paper.paths.history)) == (
+        "/repo/zoo/paper/trained/a-paper/model.keras", "/repo/zoo/paper/metrics/a-paper/test.json",
+        "/repo/zoo/paper/plots/a-paper/history.csv")
+    assert str(cpu.paths.verdict) == "/repo/zoo/cpu/metrics/a-cpu/verdict.json"
+    assert cpu.paths.data == a.paths.data == pathlib.Path("/repo/shards/cifar10")  # one prepared copy for all
+    assert [ref.stage("evaluate") for ref in (a, paper, cpu)] == [
+        "evaluate@a", "zoo/paper/dvc.yaml:evaluate@a-paper", "zoo/cpu/dvc.yaml:evaluate@a-cpu"]
+    # No set's output directory lies inside another's: `dvc repro` of one never needs another's stages.
+    roots = {name: {ref.paths.model_dir.parent, ref.paths.metrics_dir.parent, ref.paths.plots_dir.parent}
+             for name, ref in experiments.items()}
+    for name, dirs in roots.items():
+        for other, other_dirs in roots.items():
+            if other != name:
+                assert not any(d == o or d in o.parents or o in d.parents for d in dirs for o in other_dirs), (name, other)
+
+
+def test_a_name_used_twice_is_an_error_naming_both_places():
+    params = {**PARAMS, "zoo_cpu": {"a-paper": {"dataset": "cifar10", "model": "lenet5"}}}
+    with pytest.raises(ConfigError, match=r"p.yaml: experiment 'a-paper' is defined twice, as zoo.a-paper and "
+                                          r"zoo_cpu.a-paper"):
+        catalogue(params, "p.yaml")
+
+
+def test_a_key_written_twice_in_the_params_file_is_an_error_naming_the_lines(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("zoo_cpu:\n  x-cpu: {dataset: cifar10, model: lenet5}\n  y-cpu: {dataset: cifar10, model: mlp}\n"
+                    "  x-cpu: {dataset: cifar10, model: vgg11}\n")
+    with pytest.raises(ConfigError, match=r"(?s)params.yaml: not valid YAML.*key 'x-cpu' appears twice \(lines 2 and 4\)"):
+        load_params(path)
+
+
 def test_the_committed_params_give_every_experiment_its_own_files():
     params = load_params(REPO / "params.yaml")
     experiments = catalogue(params)
-    assert set(params["experiments"]) | set(params["zoo"]) == set(experiments)
+    assert set(params["experiments"]) | set(params["zoo"]) | set(params["zoo_cpu"]) == set(experiments)
     outputs = [ref.paths.test_metrics for ref in experiments.values()]
     assert len(set(outputs)) == len(outputs)
 

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import yaml
 
-from components.config import ConfigError, from_dict
-from components.training.config import OptimizerConfig, RecipeConfig, ScheduleConfig, resolve_experiment
+from components.config import ConfigError, from_dict, load_params
+from tests.conftest import REPO
+from components.training.config import (OptimizerConfig, RecipeConfig, ScheduleConfig, load_experiment,
+                                        resolve_experiment)
 from components.training.schedules import RecipeSchedule, build_optimizer, build_schedule
 
 
@@ -90,13 +92,45 @@ def test_bad_recipes_are_rejected(recipe, message):
 
 def test_unknown_experiment_model_and_recipe():
     params = {"recipes": {"r": {}}, "experiments": {"e": {"dataset": "cifar10", "model": "resnet21", "recipe": "r"}}}
-    with pytest.raises(ConfigError, match="unknown experiment 'x'; defined under experiments or zoo: e"):
+    with pytest.raises(ConfigError, match="unknown experiment 'x'; defined under experiments, zoo, zoo_cpu: e"):
         resolve_experiment("x", params)
-    with pytest.raises(ValueError, match="unknown model 'resnet21'. Did you mean .*'resnet20'"):
+    with pytest.raises(ConfigError, match="experiments.e.model: unknown model 'resnet21'. Did you mean .*'resnet20'"):
         resolve_experiment("e", params)
     params["experiments"]["e"].update(model="resnet20", recipe="nope")
     with pytest.raises(ConfigError, match="unknown recipe 'nope'; recipes: r"):
         resolve_experiment("e", params)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"model": "vgg61"}, r"params.yaml:zoo_cpu.z-cpu.model: unknown model 'vgg61'. Did you mean .*'vgg16'"),
+    ({"recipe": "cpu_budgit"}, r"params.yaml:zoo_cpu.z-cpu.recipe: unknown recipe 'cpu_budgit'"),
+    ({"dataset": "cifar11"}, r"params.yaml:zoo_cpu.z-cpu.dataset: unknown data set 'cifar11'"),
+    ({"dataset": "mnist"}, r"params.yaml:zoo_cpu.z-cpu.dataset: 'mnist' is not one of prepare.datasets "
+                           r"\(fashion_mnist, cifar10\)"),
+    ({"overrides": {"step": 5}}, r"zoo_cpu.z-cpu.overrides\): unknown key\(s\) \['step'\]"),
+])
+def test_a_bad_zoo_entry_fails_any_experiments_first_stage_naming_it(tmp_path, entry, message):
+    """A typo in the 32nd zoo entry stops the train stage of any experiment of any set."""
+    path = _params_with_zoo_entry(tmp_path, entry)
+    with pytest.raises(ConfigError, match=message):
+        load_experiment("fashion_mnist-lenet5", str(path))
+
+
+def _params_with_zoo_entry(tmp_path, entry) -> pathlib.Path:
+    params = load_params(REPO / "params.yaml")
+    params["zoo_cpu"]["z-cpu"] = {"dataset": "cifar10", "model": "vgg16", "recipe": "cpu_budget", **entry}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def test_the_train_stage_refuses_a_bad_zoo_entry_before_anything_trains(tmp_path):
+    path = _params_with_zoo_entry(tmp_path, {"model": "vgg61"})
+    result = subprocess.run([sys.executable, "-m", "pipeline.train", "--experiment", "cifar10-resnet20",
+                             "--params", str(path), "--no-tracking"], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert result.returncode == 1 and "z-cpu" in result.stderr, result.stderr
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "models").exists()
 
 
 # ---------------------------------------------------------------------------- stage runs
@@ -158,6 +192,21 @@ def steps_per_epoch(stdout: str) -> int:
 
 def exported_weights(model_dir: pathlib.Path) -> list[np.ndarray]:
     return keras.saving.load_model(model_dir / "model.keras").get_weights()
+
+
+@pytest.mark.parametrize("pipeline", ["tfdata", "device"])
+def test_a_budget_of_fewer_steps_than_one_pass_trains_one_short_epoch(prepared, tmp_path, pipeline):
+    """zoo_cpu's budgets for the ImageNet-sized models: `steps` under one epoch's worth is one
+    epoch of that many batches, not rounded up to a whole pass."""
+    (tmp_path / "data").symlink_to(prepared / "data")
+    params = write_params(tmp_path, recipe={"steps": 7, "schedule": {"name": "one_cycle"}},
+                          input={"shuffle_buffer": 1000, "pipeline": pipeline})
+    result = run_train(params, "--no-tracking")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 epochs x 7 steps of 32" in result.stdout  # a pass is 20 steps of 32 here
+    metrics = json.loads((tmp_path / "models" / "tiny" / "train_metrics.json").read_text())
+    assert (metrics["epochs"], metrics["steps_per_epoch"], metrics["input_pipeline"]) == (1, 7, pipeline)
+    assert len(read_history(tmp_path / "models" / "tiny")) == 1
 
 
 def test_two_epochs_are_tracked_in_mlflow(prepared, tmp_path):

@@ -63,7 +63,7 @@ def read_train_metrics(path: pathlib.Path, spec: ExperimentRef, log: Log = print
     for key, expected in (("dataset", spec.dataset), ("model", spec.model)):
         if key in data and data[key] != expected:
             raise EvaluationError(f"{path}: {key} is {data[key]!r} but {spec.section}.{spec.name}.{key} is "
-                                  f"{expected!r}; the model is stale, retrain it (`dvc repro` or "
+                                  f"{expected!r}; the model is stale, retrain it (`dvc repro {spec.stage('train')}` or "
                                   f"`python -m pipeline.train --experiment {spec.name}`)")
     return data
 
@@ -72,7 +72,7 @@ def check_model_file(path: pathlib.Path, spec: ExperimentRef) -> None:
     """Fail with the command that produces ``models/<exp>/model.keras`` when it is missing."""
     if not path.is_file():
         raise EvaluationError(f"{path}: exported model not found for experiment '{spec.name}'; train it first with "
-                              f"`dvc repro` or `python -m pipeline.train --experiment {spec.name}`")
+                              f"`dvc repro {spec.stage('train')}` or `python -m pipeline.train --experiment {spec.name}`")
 
 
 def known_names() -> tuple[list[str], list[str]]:

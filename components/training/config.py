@@ -15,7 +15,7 @@ import dataclasses
 from typing import Any, Literal, Optional
 
 from components.config import ConfigError, from_dict, load_params
-from components.experiments import ExperimentPaths, resolve
+from components.experiments import ExperimentPaths, catalogue, resolve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +102,8 @@ class RecipeConfig:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     epochs: int = 10
-    steps: Optional[int] = None  # total optimizer steps instead of epochs (rounded up to whole epochs)
+    steps: Optional[int] = None  # total optimizer steps instead of epochs (rounded up to whole epochs; under one
+    # epoch's worth: one epoch of that many batches)
     batch_size: int = 128  # global batch, split over replicas
     weight_decay: Optional[float] = None  # L2 coefficient on kernels; None keeps the model's default
     dropout: Optional[float] = None  # None keeps the model's default
@@ -172,6 +173,7 @@ class Experiment:
     recipe: RecipeConfig
     model_hparams: dict[str, Any]
     paths: ExperimentPaths  # where its data and outputs live (components.experiments)
+    train_stage: str = ""  # the DVC stage that trains it, as `dvc repro` takes it (recorded in MLflow)
 
     @property
     def registered_model_name(self) -> str:
@@ -189,12 +191,23 @@ def resolve_experiment(name: str, params: dict, where: str = "params.yaml") -> E
                           f"recipes: {', '.join(sorted(recipes)) or 'none'}")
     merged = _deep_merge(recipes[spec.recipe], spec.overrides)
     recipe = from_dict(RecipeConfig, merged, where=f"{where}:recipes.{spec.recipe} (+ {ref.where}.overrides)")
-    from components.data import get_dataset
-    from components.models import model_info
+    from components.data import DataError, get_dataset
+    from components.models import ModelConfigError, model_info
 
-    get_dataset(spec.dataset)
-    model_info(spec.model)
-    return Experiment(name, spec.dataset, spec.model, spec.recipe, recipe, dict(spec.model_hparams), ref.paths)
+    try:
+        get_dataset(spec.dataset)
+    except DataError as error:
+        raise ConfigError(f"{where}:{ref.where}.dataset: {error}") from None
+    prepared = (params.get("prepare") or {}).get("datasets")
+    if isinstance(prepared, list) and spec.dataset not in prepared:
+        raise ConfigError(f"{where}:{ref.where}.dataset: '{spec.dataset}' is not one of prepare.datasets "
+                          f"({', '.join(map(str, prepared))}), so no stage prepares its data; add it there")
+    try:
+        model_info(spec.model)
+    except ModelConfigError as error:
+        raise ConfigError(f"{where}:{ref.where}.model: {error}") from None
+    return Experiment(name, spec.dataset, spec.model, spec.recipe, recipe, dict(spec.model_hparams), ref.paths,
+                      ref.stage("train"))
 
 
 def load_train_settings(params_path: str = "params.yaml") -> TrainSettings:
@@ -205,10 +218,20 @@ def load_train_settings(params_path: str = "params.yaml") -> TrainSettings:
 def load_experiment(name: str, params_path: str = "params.yaml") -> tuple[Experiment, TrainSettings]:
     """The experiment ``name`` (its data read where prepare writes it) and the ``train`` settings.
 
+    Every other experiment of every set is resolved too (:func:`check_experiments`), so a
+    typo anywhere in a set fails its first stage, before anything trains.
     Imports Keras (to check the model's name): activate the backend first."""
     params = load_params(params_path)
     settings = from_dict(TrainSettings, params.get("train"), where=f"{params_path}:train")
-    return resolve_experiment(name, params, params_path), settings
+    experiment = resolve_experiment(name, params, params_path)
+    check_experiments(params, params_path)
+    return experiment, settings
+
+
+def check_experiments(params: dict, where: str = "params.yaml") -> dict[str, Experiment]:
+    """Resolve every experiment of every set: its recipe and overrides, model, data set (one
+    that ``prepare.datasets`` prepares). The first problem raises, naming the experiment."""
+    return {name: resolve_experiment(name, params, where) for name in catalogue(params, where)}
 
 
 def _deep_merge(base: dict, overrides: dict) -> dict:

@@ -61,6 +61,8 @@ def _tfdata_inputs(data_dir: pathlib.Path, info: dict, inputs: InputConfig, per_
     from components.inputs.shards import steps_per_epoch
 
     train = build_dataset(data_dir, "train", inputs, training=True)
+    if per_epoch < steps_per_epoch(info, "train", inputs.batch_size, inputs.drop_remainder):
+        train = train.take(per_epoch)  # an epoch shorter than a pass (a budget in steps): its first batches
     # Evaluation keeps every example: ceil(examples / batch) batches, checked as they are read.
     validation_batches = steps_per_epoch(info, "validation", inputs.batch_size, drop_remainder=False)
     validation = build_dataset(data_dir, "validation", inputs, training=False).apply(

@@ -214,6 +214,9 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
         raise TrainingError(f"batch_size {recipe.batch_size} is larger than the {info['splits']['train']['examples']} "
                             f"training examples of {experiment.dataset}")
     epochs = math.ceil(recipe.steps / per_epoch) if recipe.steps else recipe.epochs
+    # A budget of fewer steps than one pass: one epoch of that many batches of the shuffled
+    # split (the CPU budgets of the ImageNet-sized models, params.yaml zoo_cpu).
+    per_epoch = min(per_epoch, recipe.steps) if recipe.steps else per_epoch
     replicas = strategy.num_replicas_in_sync if strategy else 1
     log(f"[train] {experiment.name}: {experiment.model} on {experiment.dataset}, recipe {experiment.recipe_name}, "
         f"{epochs} epochs x {per_epoch} steps of {recipe.batch_size}, {replicas} replica(s), "
