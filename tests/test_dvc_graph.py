@@ -149,3 +149,34 @@ def test_prepare_reruns_for_the_params_that_change_the_shards_and_only_those(tmp
                        ("source", "archive"), ("max_rejected", 5),
                        ("synthetic", {"train_examples": 321, "test_examples": 96, "seed": 0})):
         assert stale_after(key, value) == everything, key
+
+
+def as_set(stage: dict, section: str, root: str) -> dict:
+    """The default pipeline's ``stage`` (a foreach body or its ``foreach``) rewritten for set
+    ``section`` with outputs under ``root``: what the zoo pipelines must declare."""
+    text = json.dumps(stage).replace("${experiments}", "${%s}" % section).replace("experiments.${key}", f"{section}.${{key}}")
+    text = text.replace('"${train.models_dir}/${key}', f'"{root}/${{train.models_dir}}/${{key}}')
+    text = re.sub(r'"(metrics|plots)/\$\{key\}', lambda m: f'"{root}/{m.group(1)}/${{key}}', text)
+    return json.loads(text)
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES[1:])
+def test_the_zoo_pipelines_run_the_default_train_and_evaluate_stages(pipeline):
+    """zoo/*/dvc.yaml repeat dvc.yaml's train and evaluate stages over their own params section,
+    from the repository root, with their outputs under their own root: same deps, same params."""
+    from components.experiments import EXPERIMENT_SETS
+
+    chosen = next(s for s in EXPERIMENT_SETS if s.pipeline == pipeline)
+    default = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    document = yaml.safe_load((REPO / pipeline).read_text())
+    assert document["vars"] == ["../../params.yaml"]
+    for name in ("train", "evaluate"):
+        stage = dict(document["stages"][name])
+        body = dict(stage.pop("do"))
+        assert body.pop("wdir") == "../.."
+        expected = as_set(default[name], chosen.section, chosen.root)
+        assert stage["foreach"] == expected["foreach"]
+        assert body == expected["do"], f"{pipeline}:{name} differs from dvc.yaml's {name} stage"
+    report = document["stages"]["report"]
+    assert report["cmd"] == f"python -m pipeline.zoo_report --set {chosen.section}" and report["wdir"] == "../.."
+    assert f"{chosen.root}/reports/summary.md" in json.dumps(report["outs"])

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from components.data.info import INFO_FILE
-from components.experiments import catalogue
+from components.experiments import EXPERIMENT_SETS, catalogue
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -37,8 +37,10 @@ def make_repo_copy(copy: pathlib.Path) -> pathlib.Path:
         if source.is_file():
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, copy / name)
-    for name in ("metrics", "plots", "reports", "dvc.lock"):  # results of real runs: start clean
-        shutil.rmtree(copy / name, ignore_errors=True) if (copy / name).is_dir() else (copy / name).unlink(missing_ok=True)
+    for experiments_set in EXPERIMENT_SETS:  # results of real runs: start clean
+        for name in ("metrics", "plots", "reports", "models", "dvc.lock"):
+            path = copy / experiments_set.root / name
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     params = yaml.safe_load((copy / "params.yaml").read_text())
     params["prepare"].update(source="synthetic", direct_running_mode="in_memory", direct_num_workers=1,
                              num_shards={"train": 2, "validation": 1, "test": 1},
@@ -46,6 +48,8 @@ def make_repo_copy(copy: pathlib.Path) -> pathlib.Path:
     params["train"]["input"] = {"shuffle_buffer": 500}
     for experiment in params["experiments"].values():
         experiment["overrides"] = {**experiment.get("overrides", {}), "epochs": 1, "batch_size": 32}
+    for experiment in params["zoo_cpu"].values():
+        experiment["overrides"] = {"steps": 3, "batch_size": 32}
     params["evaluate"].update(warn_only=True, latency_runs=3, throughput_batches=1, warmup_runs=1)
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("git", "init", "-q", cwd=copy)
@@ -98,6 +102,35 @@ def test_repro_runs_every_stage_then_nothing(repo_copy):
     second = sh("dvc", "repro", cwd=repo_copy)
     assert "Running stage" not in second.stdout
     assert "up to date" in second.stdout
+    assert "zoo" not in first.stdout + second.stdout  # `dvc repro` runs the default experiments only
+    assert not (repo_copy / "zoo" / "cpu" / "dvc.lock").exists()
+
+
+def test_one_zoo_experiment_runs_alone_under_dvc_beside_the_defaults(repo_copy):
+    """`dvc repro zoo/cpu/dvc.yaml:evaluate@X` trains and evaluates X (and what it needs), caches
+    and locks it in zoo/cpu/, and `dvc metrics show` / `dvc exp show` list it beside the defaults."""
+    sh("dvc", "repro", cwd=repo_copy)  # the defaults up to date whatever ran before
+    name = "cifar10-lenet5-cpu"
+    target = f"zoo/cpu/dvc.yaml:evaluate@{name}"
+    result = sh("dvc", "repro", target, cwd=repo_copy)
+    ran = sorted(line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage"))
+    assert ran == [target, f"zoo/cpu/dvc.yaml:train@{name}"]
+    ref = catalogue(yaml.safe_load((repo_copy / "params.yaml").read_text()), root=repo_copy)[name]
+    assert ref.paths.model == repo_copy / "zoo" / "cpu" / "models" / name / "model.keras" and ref.paths.model.exists()
+    metrics = json.loads(ref.paths.test_metrics.read_text())
+    assert metrics["experiment"] == name and json.loads(ref.paths.train_metrics.read_text())["steps_per_epoch"] == 3
+    lock = yaml.safe_load((repo_copy / "zoo" / "cpu" / "dvc.lock").read_text())["stages"]
+    assert sorted(lock) == [f"evaluate@{name}", f"train@{name}"]
+    assert f"zoo/cpu/models/{name}" in [out["path"] for out in lock[f"train@{name}"]["outs"]]
+    shown = json.dumps(json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo_copy).stdout))
+    assert f"zoo/cpu/metrics/{name}/test.json" in shown and "metrics/fashion_mnist-lenet5/test.json" in shown
+    sh("git", "add", "-A", cwd=repo_copy)
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "zoo run", cwd=repo_copy)
+    table = sh("dvc", "exp", "show", "--no-pager", "--md", "--only-changed", cwd=repo_copy).stdout + \
+        json.dumps(json.loads(sh("dvc", "exp", "show", "--json", cwd=repo_copy).stdout))
+    assert f"zoo/cpu/metrics/{name}/test.json" in table and "metrics/cifar10-resnet20/test.json" in table
+    again = sh("dvc", "repro", target, cwd=repo_copy)
+    assert "Running stage" not in again.stdout
 
 
 def test_changing_one_experiment_reruns_only_its_stages(repo_copy):

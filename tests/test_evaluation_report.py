@@ -136,3 +136,50 @@ def test_cli_without_metrics_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["--no-mlflow"]) == 2
     assert "no metrics files" in capsys.readouterr().err
+
+
+def test_the_zoo_report_lists_every_experiment_of_the_set_evaluated_or_not(fixture_repo):
+    """A set built over several sittings: evaluated lines carry the measured figures, the
+    others say "not run yet"; parameters and MACs come from building the model."""
+    from components.evaluation.zoo_report import build_set_report
+    from components.models import create_model
+    from components.models.summary import describe
+
+    params = {
+        "prepare": {"datasets": ["fashion_mnist", "cifar10"]},
+        "recipes": {"budget": {"optimizer": {"name": "adam", "learning_rate": 0.002}, "epochs": 5, "batch_size": 128}},
+        "experiments": {"fmnist_lenet5": {"dataset": "fashion_mnist", "model": "lenet5", "recipe": "budget"}},
+        "zoo_cpu": {"cifar10-lenet5-cpu": {"dataset": "cifar10", "model": "lenet5", "recipe": "budget"},
+                    "cifar10-resnet20-cpu": {"dataset": "cifar10", "model": "resnet20", "recipe": "budget",
+                                             "overrides": {"steps": 64, "batch_size": 32}}}}
+    m = fixture_repo / "zoo" / "cpu" / "metrics" / "cifar10-lenet5-cpu"
+    write_json(m / "test.json", metrics("cifar10-lenet5-cpu", "cifar10", "lenet5", 0.5321, 62006))
+    write_json(m / "train.json", {"experiment": "cifar10-lenet5-cpu", "epochs": 5, "steps_per_epoch": 351,
+                                  "train_time_s": 95.0, "images_per_s": 1730.0})
+    write_json(m / "verdict.json", {"status": "accepted", "checked": [
+        {"check": "min_accuracy", "threshold": 0.45, "value": 0.5321, "passed": True}]})
+    summary = build_set_report("zoo_cpu", params, "p.yaml", use_mlflow=False, root=fixture_repo, log=lambda *_: None)
+    assert summary == fixture_repo / "zoo" / "cpu" / "reports" / "summary.md"
+    text = summary.read_text()
+    assert "## The `zoo_cpu` set: 1 of 2 experiments evaluated, 1 accepted" in text
+    lenet = next(line for line in text.splitlines() if line.startswith("| cifar10-lenet5-cpu |"))
+    cells = [cell.strip() for cell in lenet.strip("|").split("|")]
+    macs = describe(create_model("lenet5", (32, 32, 3), 10), "lenet5").macs
+    assert cells[:12] == ["cifar10-lenet5-cpu", "lenet5", "lenet", "62.0k", f"{macs / 1e3:.1f}k", "5 epochs of 128",
+                          f"{5 * 351 * 128:,}", "1,730", "95 s", "53.21%", "45.00%", "accepted"]
+    resnet = next(line for line in text.splitlines() if line.startswith("| cifar10-resnet20-cpu |"))
+    assert "| 64 steps of 32 | not run yet |" in resnet
+    # The comparison beside the default experiments (fixture_repo/metrics) and its charts.
+    assert "| fmnist_lenet5 | fashion_mnist | lenet5 | 89.12%" in text and "| cifar10-lenet5-cpu | cifar10 |" in text
+    assert (summary.parent / "accuracy_vs_params.png").stat().st_size > 1000
+
+
+def test_the_zoo_report_refuses_an_unknown_or_empty_set(tmp_path):
+    from components.config import ConfigError
+    from components.evaluation.zoo_report import build_set_report
+
+    with pytest.raises(ConfigError, match="unknown experiment set 'zoo_gpu'"):
+        build_set_report("zoo_gpu", {"experiments": {"a": {"dataset": "cifar10", "model": "lenet5"}}}, root=tmp_path)
+    with pytest.raises(EvaluationError, match="p.yaml: the set 'zoo_cpu' has no experiments"):
+        build_set_report("zoo_cpu", {"experiments": {"a": {"dataset": "cifar10", "model": "lenet5"}}}, "p.yaml",
+                         root=tmp_path)
