@@ -63,14 +63,15 @@ def images_seen(train: Mapping[str, Any], batch_size: int) -> int | None:
     return epochs * steps * batch_size
 
 
-def zoo_lines(section: str, params: Mapping[str, Any], where: str = "params.yaml", log: Log = print) -> list[ZooLine]:
+def zoo_lines(section: str, params: Mapping[str, Any], where: str = "params.yaml", log: Log = print,
+              root: str | pathlib.Path = ".") -> list[ZooLine]:
     """Every experiment of set ``section`` with its model's size, budget and (when evaluated) results."""
     from components.data import get_dataset
     from components.models import create_model, model_info
     from components.models.summary import describe
     from components.training.config import resolve_experiment
 
-    refs = [ref for ref in catalogue(params, where).values() if ref.section == section]
+    refs = [ref for ref in catalogue(params, where, root).values() if ref.section == section]
     if not refs:
         raise EvaluationError(f"{where}: the set '{section}' has no experiments")
     sizes: dict[tuple, tuple[int, int]] = {}
@@ -130,7 +131,7 @@ def build_set_report(section: str, params: Mapping[str, Any], where: str = "para
                      tracking_uri: str | None = None, root: str | pathlib.Path = ".", log: Log = print) -> pathlib.Path:
     """Write the report of set ``section`` under its root; returns the summary's path."""
     experiments_set = experiment_set(section)
-    lines = zoo_lines(section, params, where, log)
+    lines = zoo_lines(section, params, where, log, root)
     defaults = pathlib.Path(root) / METRICS_ROOT
     rows = [line.result for line in lines if line.result is not None]
     rows += [read_row(path, log) for path in metrics_files(defaults)]
