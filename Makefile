@@ -49,7 +49,16 @@ push: remote
 	$(DVC) push
 
 pull: remote
-	$(DVC) pull
+	$(DVC) pull $$($(MAKE) -s pull-targets)
+
+# What `make pull` fetches: what has been run, i.e. the default pipeline, the raw data and each
+# zoo stage its lock records. (A bare `dvc pull` also tries the zoo stages never run, which
+# have no hash yet, and exits 1 naming them.) `dvc status $$(make -s pull-targets)` checks them.
+.PHONY: pull-targets
+pull-targets:
+	@$(PY) -c "import glob, os, yaml; print(' '.join(['dvc.yaml'] + sorted(glob.glob('data/raw/*.dvc')) + \
+	  [f'{os.path.dirname(lock)}/dvc.yaml:{stage}' for lock in sorted(glob.glob('zoo/*/dvc.lock')) \
+	   for stage in yaml.safe_load(open(lock))['stages']]))"
 
 # The zoo's experiment sets (params.yaml `zoo` and `zoo_cpu`), each its own DVC pipeline with
 # its outputs under zoo/paper/ or zoo/cpu/ (README, "The zoo"). `make zoo`: the papers' budgets
