@@ -2,10 +2,11 @@
 
     python -m pipeline.evaluate --experiment NAME [--params params.yaml] [--verbose]
 
-Reads ``experiments.NAME`` (or ``zoo.NAME``: dataset, model), ``train.models_dir`` and
-``prepare.out_root`` (where its files are: :mod:`components.experiments`), and the
-``evaluate`` section of the params file; writes ``metrics/NAME/test.json`` and
-``verdict.json``, the plots under ``plots/NAME/``, and logs them into the MLflow run that
+Reads ``experiments.NAME`` (or ``zoo.NAME``, ``zoo_cpu.NAME``: dataset, model),
+``train.models_dir`` and ``prepare.out_root`` (where its files are:
+:mod:`components.experiments`), and the ``evaluate`` section of the params file; writes
+``<root>/metrics/NAME/test.json`` and ``verdict.json``, the plots under ``<root>/plots/NAME/``
+(``<root>``: ``.`` for the default experiments, ``zoo/paper`` or ``zoo/cpu`` for a zoo set), and logs them into the MLflow run that
 trained the model. Exit status: 0 accepted (or rejected with ``evaluate.warn_only: true``, after a
 warning); 1 rejected; 2 bad or missing input (the message names the file).
 Without an ``evaluate`` section the defaults of ``EvaluateConfig`` apply.
@@ -27,7 +28,7 @@ EXIT_REJECTED, EXIT_BAD_INPUT = 1, 2
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", required=True, help="a name under experiments or zoo in the params file")
+    parser.add_argument("--experiment", required=True, help="a name under experiments, zoo or zoo_cpu in the params file")
     parser.add_argument("--params", default="params.yaml", help="params file (sections 'train' and 'evaluate')")
     parser.add_argument("--verbose", action="store_true",
                         help="show everything the libraries print (TensorFlow's start-up and C++ log included)")

@@ -6,7 +6,7 @@
   distribution, input-pipeline knobs shared by every experiment);
 * ``recipes``: named recipes (optimizer, learning-rate schedule, epochs, batch size,
   regularisation, augmentation, seed): data, not code;
-* ``experiments`` (and ``zoo``, the long GPU runs): experiment name -> data set, model,
+* ``experiments`` (and the zoo sets ``zoo`` and ``zoo_cpu``): experiment name -> data set, model,
   recipe and overrides.
 """
 from __future__ import annotations
