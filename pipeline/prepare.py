@@ -65,8 +65,9 @@ def one_line(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, help=f"one of {', '.join(list_datasets())}")
-    parser.add_argument("--raw-dir", help="directory of the publisher's files (default: <raw_root>/<dataset>)")
-    parser.add_argument("--out-dir", help="output directory (default: <out_root>/<dataset>)")
+    parser.add_argument("--raw-dir", help="directory of the publisher's files, a path or a URL Beam knows "
+                        "(s3://, gs://, hdfs://; default: <raw_root>/<dataset>)")
+    parser.add_argument("--out-dir", help="output directory, a path or a URL Beam knows (default: <out_root>/<dataset>)")
     parser.add_argument("--params", default="params.yaml", help="params file (section 'prepare')")
     parser.add_argument("--verbose", action="store_true",
                         help="show everything the libraries print: Beam's own log, tracebacks, start-up notices")

@@ -3,11 +3,17 @@
 :func:`prepare_dataset` is what ``python -m pipeline.prepare`` calls. It writes into a
 temporary directory beside the output, adds tensorflow-datasets' metadata
 (``dataset_info.json``, ``features.json``: :func:`write_tfds_metadata`) and then its own
-``prepare_info.json`` (INFO_FILE, the completeness marker) last, and only then moves the
-directory into place, so an interrupted or failed run never leaves a directory that
-looks complete (and never touches the previous good output). What a
+``prepare_info.json`` (INFO_FILE, the completeness marker) last, and only then publishes,
+so an interrupted or failed run never leaves a directory that looks complete. What a
 killed run leaves beside the output (its temporary directory) is removed by the next
 run, once the process that made it is gone (:func:`remove_dead_leftovers`).
+
+The raw and output locations may be local paths or any URL Beam's ``FileSystems`` knows
+(``gs://``, ``s3://``, ``hdfs://``): every read and write goes through
+:mod:`components.data.storage`. On a local disk the finished directory is renamed into
+place, so the previous good output stays whole until the new one replaces it. An object
+store cannot rename a directory: there the previous output's INFO_FILE is deleted first
+(it no longer looks complete), the new files are moved in, and INFO_FILE is written last.
 
 Every DataError message is one line, ``<file>: <problem>``: the CLI prints it as
 ``prepare: error: <message>``.
@@ -27,7 +33,7 @@ import time
 import urllib.parse
 from typing import Literal, Sequence
 
-from components.data import schema
+from components.data import schema, storage
 from components.data.datasets import DatasetSpec, get_dataset
 from components.data.errors import DataError
 from components.data.info import INFO_FILE, OUTPUT_SPLITS
@@ -115,7 +121,7 @@ def resolve_source(spec: DatasetSpec, config: PrepareConfig, raw_dir: str) -> So
             raise ConnectionError(unreachable)
         tfds_source.builder()
     except Exception as error:  # tfds raises many kinds (network, checksum, missing manual files)
-        wanted = " ".join(str(pathlib.Path(raw_dir) / f.name) for f in spec.raw_files)
+        wanted = " ".join(storage.join(raw_dir, f.name) for f in spec.raw_files)
         first_line = str(error).splitlines()[0] if str(error) else ""
         raise DataError(
             f"{raw_dir}: no {spec.name} archives here and tensorflow-datasets could not fetch them "
@@ -181,45 +187,50 @@ def prepare_dataset(name: str, config: PrepareConfig, raw_dir: str | None = None
     import apache_beam as beam
 
     spec = get_dataset(name)
-    raw_dir = str(raw_dir or pathlib.Path(config.raw_root) / name)
-    out_path = pathlib.Path(out_dir or pathlib.Path(config.out_root) / name)
+    raw_dir = str(raw_dir or storage.join(config.raw_root, name))
+    out = str(out_dir or storage.join(config.out_root, name)).rstrip("/")
+    options = pipeline_options(config, beam_args)
+    storage.use_options(options)  # the driver's own reads and writes use the same endpoints and credentials
     source = resolve_source(spec, config, raw_dir)
     log(f"[prepare] {name}: source {source.kind} ({getattr(source, 'raw_dir', '') or source.describe()})")
     if isinstance(source, ArchiveSource):
         source.check_present()  # before starting Beam, so a missing file is named at once
 
-    remove_dead_leftovers(out_path, log)
-    temp_dir = _make_temp_dir(out_path)
+    remove_dead_leftovers(out, log)
+    temp_dir = _make_temp_dir(out)
     started = time.perf_counter()
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as background:
             # The raw files' checksums (0.1 s for CIFAR-10) need nothing from the
             # conversion, so they are computed while Beam starts its workers.
             described = background.submit(source.describe)
-            options = pipeline_options(config, beam_args)
             with beam.Pipeline(runner=make_runner(options), options=options) as pipeline:
-                build_conversion(pipeline, source, spec, str(temp_dir), config.validation_fraction,
+                build_conversion(pipeline, source, spec, temp_dir, config.validation_fraction,
                                  config.num_shards, config.seed, config.parts_to_read())
             source_info = described.result()
         for raw in source_info.get("files", []):
             log(f"[prepare]   {raw['name']}: {raw['verified']}")
-        info = dataset_info(spec, read_reports(str(temp_dir)), source_info, config)
-        shutil.rmtree(temp_dir / REPORTS_DIR)
-        shutil.rmtree(temp_dir / PIECES_DIR, ignore_errors=True)  # absent when no example was written
+        info = dataset_info(spec, read_reports(temp_dir), source_info, config)
+        storage.delete_tree(storage.join(temp_dir, REPORTS_DIR))
+        storage.delete_tree(storage.join(temp_dir, PIECES_DIR))  # absent when no example was written
         write_tfds_metadata(temp_dir, spec, info)
         # Last: its presence is what says the directory is complete.
-        (temp_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        _publish(temp_dir, out_path)
+        info_payload = (json.dumps(info, indent=2) + "\n").encode()
+        if storage.is_local(out):
+            storage.write_bytes(storage.join(temp_dir, INFO_FILE), info_payload)
+            _publish_by_rename(pathlib.Path(storage.local_path(temp_dir)), pathlib.Path(storage.local_path(out)))
+        else:
+            _publish_in_place(temp_dir, out, info_payload)
     except BaseException as error:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        storage.delete_tree(temp_dir)
         if isinstance(error, Exception) and not isinstance(error, DataError):
             message = _data_error_message(error)
             if message:
                 raise DataError(message) from None
         raise
-    remove_dead_leftovers(out_path, log)  # a parked previous output kept at the start is stale now
+    remove_dead_leftovers(out, log)  # a parked previous output kept at the start is stale now
     counts = ", ".join(f"{split} {info['splits'][split]['examples']}" for split in OUTPUT_SPLITS)
-    log(f"[prepare] {name}: wrote {out_path} ({counts}) in {time.perf_counter() - started:.1f} s")
+    log(f"[prepare] {name}: wrote {out} ({counts}) in {time.perf_counter() - started:.1f} s")
     return info
 
 
@@ -282,19 +293,19 @@ def dataset_info(spec: DatasetSpec, reports: list[dict], source_info: dict, conf
     }
 
 
-def tfds_split_infos(directory: pathlib.Path, info: dict) -> list:
+def tfds_split_infos(directory: str, info: dict) -> list:
     """One ``tfds.core.SplitInfo`` per split: the shards' example counts as the pipeline
-    reported them (in shard order), and the shards' bytes on disk in ``directory``."""
+    reported them (in shard order), and the shards' bytes as stored in ``directory``."""
     import tensorflow_datasets as tfds
 
     return [tfds.core.SplitInfo(
         name=split,
         shard_lengths=[shard["examples"] for shard in entry["shards"]],
-        num_bytes=sum((directory / shard["file"]).stat().st_size for shard in entry["shards"]))
+        num_bytes=sum(storage.size(storage.join(directory, shard["file"])) for shard in entry["shards"]))
         for split, entry in info["splits"].items()]
 
 
-def write_tfds_metadata(directory: pathlib.Path, spec: DatasetSpec, info: dict) -> None:
+def write_tfds_metadata(directory: str, spec: DatasetSpec, info: dict) -> None:
     """Write tensorflow-datasets' metadata beside the shards, so that
     ``tfds.builder_from_directory(directory)`` reads them.
 
@@ -302,13 +313,31 @@ def write_tfds_metadata(directory: pathlib.Path, spec: DatasetSpec, info: dict) 
     and ``label.labels.txt``. Our shard names already follow its default template
     (``{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}``). tfds is imported here, not at the
     top: it is slow to import and only the driver needs it (it does not load TensorFlow).
+    tfds writes local files only here (it has no s3:// without TensorFlow's file systems), so
+    for a remote ``directory`` the files are written locally and then copied there.
     """
+    import tempfile
+
     import tensorflow_datasets as tfds
 
+    directory = str(directory)
+    if not storage.is_local(directory):
+        shard_files = {shard["file"] for entry in info["splits"].values() for shard in entry["shards"]}
+        with tempfile.TemporaryDirectory(prefix="tfds-metadata-") as staging:
+            for name in shard_files:  # tfds finds the file-name template from the shards' names
+                pathlib.Path(staging, name).touch()
+            _write_tfds_metadata_files(tfds, staging, spec, info, tfds_split_infos(directory, info))
+            for name in sorted(set(os.listdir(staging)) - shard_files):
+                storage.write_bytes(storage.join(directory, name), pathlib.Path(staging, name).read_bytes())
+        return
+    _write_tfds_metadata_files(tfds, storage.local_path(directory), spec, info, tfds_split_infos(directory, info))
+
+
+def _write_tfds_metadata_files(tfds, directory: str, spec: DatasetSpec, info: dict, split_infos: list) -> None:
     tfds.folder_dataset.write_metadata(
-        data_dir=str(directory),
+        data_dir=directory,
         features=schema.tfds_features(spec.image_shape, spec.label_names),
-        split_infos=tfds_split_infos(directory, info),
+        split_infos=split_infos,
         # check_data would read an example back through TensorFlow (seconds of import in the
         # driver) and print to stdout; the tests read every example through tfds instead.
         check_data=False,
@@ -365,33 +394,38 @@ def process_is_alive(pid: int) -> bool:
     return True
 
 
-def remove_dead_leftovers(out_path: pathlib.Path, log=print) -> list[pathlib.Path]:
-    """Remove what killed prepare runs of ``out_path`` left beside it; return what was removed.
+def remove_dead_leftovers(out: str | os.PathLike, log=print) -> list[str]:
+    """Remove what killed prepare runs of ``out`` left beside it; return what was removed.
 
     Only directories named as :func:`leftover_owner` reads them, made on this machine
     (the host in the name; pids mean nothing across machines sharing a mount), by a
     process that no longer runs: a live run's temporary directory is never touched. A
     dead run's ``.old-`` directory is the previous output, parked while publishing:
-    while ``out_path`` is missing it is the only copy, so it stays (and is logged).
+    while ``out`` is missing it is the only copy, so it stays (and is logged). On an
+    object store a "directory" is a key prefix; ``out`` may be any URL Beam knows.
     """
+    out = str(out).rstrip("/")
+    parent, out_name = storage.split(out)
+    local = storage.is_local(out)
     removed = []
-    try:
-        entries = sorted(out_path.parent.iterdir())
-    except OSError:
-        return removed  # no parent yet: nothing was left
-    for entry in entries:
-        owner = leftover_owner(entry.name, out_path.name)
-        if owner is None or entry.is_symlink() or not entry.is_dir():
+    for entry_name in storage.child_names(parent):
+        owner = leftover_owner(entry_name, out_name)
+        entry = storage.join(parent, entry_name)
+        if owner is None or (local and (os.path.islink(storage.local_path(entry))
+                                        or not os.path.isdir(storage.local_path(entry)))):
             continue
         kind, host, pid = owner
         if (host is not None and host != _host()) or process_is_alive(pid):
             continue
-        if kind == "old" and not out_path.exists():
+        if kind == "old" and not _exists(out):
             log(f"[prepare] kept {entry}: a killed run (pid {pid}) parked the previous output there, "
-                f"and {out_path} is missing")
+                f"and {out} is missing")
             continue
-        shutil.rmtree(entry, ignore_errors=True)  # another run may be removing it at the same time
-        if entry.exists():
+        try:
+            storage.delete_tree(entry)  # another run may be removing it at the same time
+        except OSError:
+            pass
+        if entry_name in storage.child_names(parent):
             log(f"[prepare] could not remove {entry}, left by a killed run (pid {pid})")
         else:
             log(f"[prepare] removed {entry}, left by a killed run (pid {pid})")
@@ -399,28 +433,54 @@ def remove_dead_leftovers(out_path: pathlib.Path, log=print) -> list[pathlib.Pat
     return removed
 
 
-def _make_temp_dir(out_path: pathlib.Path) -> pathlib.Path:
-    """A fresh temporary directory beside the output (same file system, so the move is a rename)."""
+def _exists(directory: str) -> bool:
+    """Whether an output directory (on a store: any key under the prefix) is there."""
+    if storage.is_local(directory):
+        return os.path.exists(storage.local_path(directory))
+    return bool(storage.list_files(directory))
+
+
+def _make_temp_dir(out: str) -> str:
+    """A fresh temporary directory beside the output (locally on the same file system, so the
+    move is a rename), checked to be writable."""
+    parent, out_name = storage.split(out)
+    temp_dir = storage.join(parent, _temp_name(out_name))
+    probe = storage.join(temp_dir, ".write-test")
     try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        temp_dir = out_path.parent / _temp_name(out_path.name)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        temp_dir.mkdir()
-        probe = temp_dir / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        storage.delete_tree(temp_dir)
+        if storage.is_local(out):
+            os.makedirs(storage.local_path(temp_dir))
+        storage.write_bytes(probe, b"")
+        storage.delete_file(probe)
     except OSError as error:
-        raise DataError(f"{out_path}: output directory is not writable ({error.strerror}: {error.filename})") from None
+        detail = f"{error.strerror}: {error.filename}" if error.strerror else f"{type(error).__name__}: {error}"
+        raise DataError(f"{out}: output directory is not writable ({detail})") from None
+    except Exception as error:  # object stores raise their own kinds (no bucket, no credentials)
+        first_line = (str(error).splitlines() or [""])[0]
+        raise DataError(f"{out}: output location is not writable ({type(error).__name__}: {first_line})") from None
     return temp_dir
 
 
-def _publish(temp_dir: pathlib.Path, out_path: pathlib.Path) -> None:
+def _publish_by_rename(temp_dir: pathlib.Path, out_path: pathlib.Path) -> None:
     """Move the finished directory into place; the old output is removed only after."""
     previous = out_path.parent / _old_name(out_path.name)
     if out_path.exists():
         os.replace(out_path, previous)
     os.replace(temp_dir, out_path)
     shutil.rmtree(previous, ignore_errors=True)
+
+
+def _publish_in_place(temp_dir: str, out: str, info_payload: bytes) -> None:
+    """Publish on a store that cannot rename a directory: the old output's INFO_FILE goes first
+    (from then on it does not look complete), then its files, then the new files move in
+    (copy and delete, file by file), and INFO_FILE is written last."""
+    storage.delete_file(storage.join(out, INFO_FILE))
+    storage.delete_tree(out)
+    staged = storage.list_files(temp_dir)
+    prefix = temp_dir.rstrip("/") + "/"
+    storage.move_files(staged, [storage.join(out, path[len(prefix):]) for path in staged])
+    storage.write_bytes(storage.join(out, INFO_FILE), info_payload)
+    storage.delete_tree(temp_dir)
 
 
 def _data_error_message(error: BaseException) -> str | None:

@@ -8,7 +8,9 @@
   to the file system; every member is still checked for its type and name (see
   :func:`iter_tar_members`), so an archive can hold nothing a reader would have to guess about.
 
-Every failure raises :class:`DataError` naming the file and what is wrong with it.
+Files are opened through :mod:`components.data.storage`, so ``path`` may be a local path or
+any URL Beam's ``FileSystems`` knows. Every failure raises :class:`DataError` naming the
+file and what is wrong with it.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Collection, Container, Iterator
 
 import numpy as np
 
+from components.data import storage
 from components.data.errors import DataError
 
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte data, 3 dimensions
@@ -30,9 +33,8 @@ CIFAR_PIXELS = 32 * 32 * 3
 
 def read_gzip(path: str | pathlib.Path) -> bytes:
     """Return the decompressed bytes of a gzip file, or raise DataError naming it."""
-    path = pathlib.Path(path)
     try:
-        with gzip.open(path, "rb") as handle:
+        with storage.open_read(str(path)) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as handle:
             return handle.read()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
@@ -119,10 +121,9 @@ def iter_tar_members(path: str | pathlib.Path, wanted: Container[str] | None = N
     used); a member that is neither a regular file nor a directory (links, devices,
     FIFOs); a regular file not in ``allowed`` (when given). Directories are skipped.
     """
-    path = pathlib.Path(path)
     seen: dict[str, int] = {}  # member name -> its position in the archive, from 1
     try:
-        with tarfile.open(path, mode="r|gz") as archive:
+        with storage.open_read(str(path)) as raw, tarfile.open(fileobj=raw, mode="r|gz") as archive:
             for position, member in enumerate(archive, start=1):
                 name = member.name
                 problem = _unsafe_name(name)

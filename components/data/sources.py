@@ -13,12 +13,11 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
-import pathlib
 from typing import Iterator, Literal, Sequence, Union
 
 import numpy as np
 
-from components.data import readers
+from components.data import readers, storage
 from components.data.datasets import SPLITS, DatasetSpec
 from components.data.errors import DataError
 
@@ -66,9 +65,10 @@ class Block:
                      self.origin, self.source_split)
 
 
-def sha256_of(path: pathlib.Path) -> str:
+def sha256_of(path: str) -> str:
+    """The hex sha256 of the file at ``path`` (a local path or any URL Beam knows), read in 1 MiB chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with storage.open_read(path) as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -145,9 +145,12 @@ class ArchiveSource:
         return [dataclasses.replace(self, units=units)
                 for units in contiguous_parts(self.units or self.all_units(), count, skip_cost)]
 
-    def missing_files(self) -> list[pathlib.Path]:
-        return [pathlib.Path(self.raw_dir) / f.name for f in self.spec.raw_files
-                if not (pathlib.Path(self.raw_dir) / f.name).is_file()]
+    def raw_path(self, name: str) -> str:
+        """Where the publisher's file ``name`` is: in ``raw_dir``, a local path or any URL Beam knows."""
+        return storage.join(self.raw_dir, name)
+
+    def missing_files(self) -> list[str]:
+        return [self.raw_path(f.name) for f in self.spec.raw_files if not storage.is_file(self.raw_path(f.name))]
 
     def check_present(self) -> None:
         """Raise DataError naming the first of the publisher's files missing from ``raw_dir``."""
@@ -165,10 +168,10 @@ class ArchiveSource:
         self.check_present()
         files = []
         for raw in self.spec.raw_files:
-            path = pathlib.Path(self.raw_dir) / raw.name
+            path = self.raw_path(raw.name)
             actual = sha256_of(path)
             files.append({
-                "name": raw.name, "bytes": path.stat().st_size, "sha256": actual,
+                "name": raw.name, "bytes": storage.size(path), "sha256": actual,
                 "registered_sha256": raw.sha256,
                 "verified": "registered-checksum" if actual == raw.sha256 else "content-validated",
             })
@@ -183,12 +186,12 @@ class ArchiveSource:
     def _read_idx(self) -> Iterator[Block]:
         for split in self.units or SPLITS:
             images_name, labels_name = self.spec.split_files[split]
-            images_path = pathlib.Path(self.raw_dir) / images_name
-            images, labels = readers.read_idx_split(images_path, pathlib.Path(self.raw_dir) / labels_name)
-            yield from _split_into_blocks(split, images, labels, str(images_path), self.block_size)
+            images_path = self.raw_path(images_name)
+            images, labels = readers.read_idx_split(images_path, self.raw_path(labels_name))
+            yield from _split_into_blocks(split, images, labels, images_path, self.block_size)
 
     def _read_cifar(self) -> Iterator[Block]:
-        archive = pathlib.Path(self.raw_dir) / self.spec.raw_files[0].name
+        archive = self.raw_path(self.spec.raw_files[0].name)
         record_size = self.spec.cifar_label_bytes + readers.CIFAR_PIXELS
         split_of = {member: split for split in SPLITS for member in self.spec.split_files[split]}
         mine = self.units or self.all_units()

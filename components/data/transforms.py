@@ -25,16 +25,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import pathlib
 import shutil
 import zlib
 from typing import Iterable, Iterator
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 
-from components.data import schema
+from components.data import schema, storage
 from components.data.datasets import DatasetSpec
 from components.data.sources import Block
 
@@ -162,7 +160,7 @@ class WritePiecesFn(beam.DoFn):
             shard_keys = keys[picked]
             first_key, last_key = shard_keys[0].decode(), shard_keys[-1].decode()
             name = f"{block.split}-{shard:05d}-{first_key.replace('/', '-')}"
-            with FileSystems.create(FileSystems.join(self.out_dir, PIECES_DIR, name)) as handle:
+            with storage.create(storage.join(self.out_dir, PIECES_DIR, name)) as handle:
                 handle.write(framed[picked].ravel().data)
             yield (block.split, shard), {
                 "file": name, "first_key": first_key, "last_key": last_key, "count": int(picked.sum()),
@@ -191,9 +189,9 @@ class AssembleShardFn(beam.DoFn):
             if before["last_key"] >= after["first_key"]:
                 raise ValueError(f"{name}: pieces {before['file']} and {after['file']} overlap in key range; "
                                  "a source must give each example one key")
-        with FileSystems.create(FileSystems.join(self.out_dir, name)) as shard_file:
+        with storage.create(storage.join(self.out_dir, name)) as shard_file:
             for piece in pieces:
-                with FileSystems.open(FileSystems.join(self.out_dir, PIECES_DIR, piece["file"])) as piece_file:
+                with storage.open_read(storage.join(self.out_dir, PIECES_DIR, piece["file"])) as piece_file:
                     shutil.copyfileobj(piece_file, shard_file, 8 << 20)
         beam.metrics.Metrics.counter(NAMESPACE, "shards_written").inc()
         class_counts = np.sum([piece["class_counts"] for piece in pieces], axis=0, dtype=np.int64) if pieces \
@@ -327,13 +325,14 @@ class WriteReportFn(beam.DoFn):
     def process(self, report: dict):
         payload = json.dumps(report, sort_keys=True).encode()
         name = f"{report['kind']}-{hashlib.sha1(payload).hexdigest()[:16]}.json"
-        with FileSystems.create(FileSystems.join(self.out_dir, REPORTS_DIR, name)) as handle:
+        with storage.create(storage.join(self.out_dir, REPORTS_DIR, name)) as handle:
             handle.write(payload)
 
 
 def read_reports(out_dir: str) -> list[dict]:
-    """The reports the pipeline wrote (local directories)."""
-    return [json.loads(path.read_text()) for path in sorted(pathlib.Path(out_dir, REPORTS_DIR).glob("*.json"))]
+    """The reports the pipeline wrote under ``out_dir`` (a local path or any URL Beam knows)."""
+    return [json.loads(storage.read_bytes(path)) for path in storage.list_files(storage.join(out_dir, REPORTS_DIR))
+            if path.endswith(".json")]
 
 
 def build_conversion(pipeline, source, spec: DatasetSpec, out_dir: str, validation_fraction: float,
