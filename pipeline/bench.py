@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m pipeline.bench {prepare,input,train} [options]``.
+"""Benchmarks: ``python -m pipeline.bench {prepare,prepare-scale,input,train} [options]``.
 
 Each prints one JSON line with our figure, a baseline measured in the same run, and
 their ratio. See ``components/benchmarks``.
@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-BENCHMARKS = ("prepare", "input", "train")
+BENCHMARKS = ("prepare", "prepare-scale", "input", "train")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,10 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="benchmark", required=True)
     modules = {}
     for name in BENCHMARKS:
+        module_name = f"components.benchmarks.{name.replace('-', '_')}"
         try:
-            modules[name] = importlib.import_module(f"components.benchmarks.{name}")
+            modules[name] = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
-            if error.name != f"components.benchmarks.{name}":
+            if error.name != module_name:
                 raise
             continue
         modules[name].add_arguments(commands.add_parser(name, help=modules[name].__doc__.splitlines()[0]))

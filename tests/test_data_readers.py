@@ -158,6 +158,35 @@ def test_truncated_and_incomplete_cifar_archives(cifar10_dir):
         list(ArchiveSource(get_dataset("cifar10"), str(directory)).read_blocks())
 
 
+def test_cifar_members_stream_into_blocks_before_the_archive_is_read(cifar10_dir):
+    """Memory stays at one block: the first blocks come out while the rest of the archive is
+    unread, so an archive cut short after its first member still yields them, then fails."""
+    directory, data = cifar10_dir
+    archive = directory / "cifar-10-binary.tar.gz"
+    whole = archive.read_bytes()
+    archive.write_bytes(whole[:len(whole) // 3])  # random pixels hardly compress: members 1 and part of 2
+    blocks = ArchiveSource(get_dataset("cifar10"), str(directory), block_size=16).read_blocks()
+    first = next(blocks)
+    assert first.keys()[:2] == ["train/000000", "train/000001"] and len(first) == 16
+    np.testing.assert_array_equal(first.images, data["train"][0][:16])
+    with pytest.raises(DataError, match=r"cifar-10-binary.tar.gz: truncated or corrupt tar.gz archive"):
+        list(blocks)
+
+
+def test_cifar_members_in_another_order_give_the_same_examples(cifar10_dir):
+    """A member that comes before an earlier member of its split is held until its offset is known."""
+    directory, _ = cifar10_dir
+    archive = directory / "cifar-10-binary.tar.gz"
+    spec = get_dataset("cifar10")
+    expected = examples_of(ArchiveSource(spec, str(directory), block_size=16).read_blocks())
+    entries = read_tar_gz_entries(archive)
+    write_tar_gz_entries(archive, entries[::-1])  # test_batch first, data_batch_5 before data_batch_1
+    assert examples_of(ArchiveSource(spec, str(directory), block_size=16).read_blocks()) == expected
+    for count in (2, 3):
+        parts = ArchiveSource(spec, str(directory), block_size=16).parts(count)
+        assert examples_of(block for part in parts for block in part.read_blocks()) == expected
+
+
 def test_synthetic_source_is_deterministic_and_in_schema():
     spec = get_dataset("cifar10")
     first = list(SyntheticSource(spec, 50, 20, seed=3).read_blocks())

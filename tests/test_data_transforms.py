@@ -1,4 +1,4 @@
-"""The Beam transforms, each on a TestPipeline with assert_that."""
+"""The conversion's pure steps, and the Beam transforms on a TestPipeline with assert_that."""
 import zlib
 
 import apache_beam as beam
@@ -9,8 +9,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from components.data import get_dataset
 from components.data.sources import Block
-from components.data.transforms import (PIECES_DIR, AssembleShardFn, CarveValidation, CarveValidationFn, PixelHistogramFn,
-                                        ValidateExamples, channel_histograms, channel_moments, stable_hash, unit_interval)
+from components.data.schema import iter_examples
+from components.data.sources import SyntheticSource
+from components.data.transforms import (PIECES_DIR, AssembleShardFn, ConvertParts, carve_validation, channel_histograms,
+                                        channel_moments, stable_hash, train_histogram, unit_interval, validate_block)
 
 
 def block(split="train", count=100, labels=None, shape=(28, 28, 1), start=0):
@@ -65,25 +67,20 @@ def test_stable_hash_is_fixed_and_uniform():
 
 def test_validate_counts_and_reports_out_of_range_labels():
     labels = [0, 1, 10, 3, -1] * 4
-    with TestPipeline() as pipeline:
-        valid, rejected = (pipeline | beam.Create([block(count=20, labels=labels)])
-                           | ValidateExamples(get_dataset("mnist")))
-        assert_that(valid | "Sizes" >> beam.Map(len), equal_to([12]), label="valid")
-        assert_that(rejected | "Summaries" >> beam.Map(lambda r: (r["origin"], r["count"], r["example_key"])),
-                    equal_to([("file-train-0", 8, "train/000002")]), label="rejected")
+    valid, rejected = validate_block(block(count=20, labels=labels), get_dataset("mnist"))
+    assert len(valid) == 12 and set(valid.labels.tolist()) == {0, 1, 3}
+    assert [(r["origin"], r["count"], r["example_key"]) for r in rejected] == [("file-train-0", 8, "train/000002")]
 
 
 def test_validate_rejects_wrong_shape_whole_block():
-    with TestPipeline() as pipeline:
-        valid, rejected = (pipeline | beam.Create([block(shape=(32, 32, 3))]) | ValidateExamples(get_dataset("mnist")))
-        assert_that(valid | beam.Map(len), equal_to([0]), label="valid")
-        assert_that(rejected | beam.Map(lambda r: "expected uint8 (28, 28, 1)" in r["reason"]),
-                    equal_to([True]), label="reason")
+    valid, rejected = validate_block(block(shape=(32, 32, 3)), get_dataset("mnist"))
+    assert len(valid) == 0
+    assert [r["count"] for r in rejected] == [100] and "expected uint8 (28, 28, 1)" in rejected[0]["reason"]
 
 
 def carve_directly(blocks):
-    carve = CarveValidationFn(0.25, seed=0)
-    return sorted((b.split, k) for original in blocks for b in carve.process(original) for k in b.keys())
+    return sorted((b.split, k) for original in blocks for b in carve_validation(original, 0.25, seed=0)
+                  for k in b.keys())
 
 
 def test_carve_validation_is_a_stable_function_of_the_key():
@@ -94,20 +91,37 @@ def test_carve_validation_is_a_stable_function_of_the_key():
     assert 70 <= len(validation) <= 130
     assert all(k.startswith("train/") for k in validation)
     assert sum(s == "test" for s, _ in whole) == 50
+    assert carve_directly([block(count=400)]) != sorted(
+        (b.split, k) for b in carve_validation(block(count=400), 0.25, seed=1) for k in b.keys())
+
+
+def test_convert_parts_writes_every_example_once_and_reports_the_train_histogram(tmp_path):
+    spec = get_dataset("mnist")
+    source = SyntheticSource(spec, train_examples=300, test_examples=60, seed=3, block_size=70)
+    carved = [part for b in source.read_blocks() for part in carve_validation(b, 0.2, seed=0)]
+    expected_counts = [(split, sum(len(c) for c in carved if c.split == split)) for split in ("train", "validation", "test")]
+    expected_histogram = channel_histograms(np.concatenate([c.images for c in carved if c.split == "train"])).tolist()
+    num_shards = {"train": 3, "validation": 1, "test": 2}
     with TestPipeline() as pipeline:
-        carved = pipeline | beam.Create([block(count=400), block("test", 50)]) | CarveValidation(0.25, seed=0)
-        assert_that(carved | beam.FlatMap(lambda b: [(b.split, k) for k in b.keys()]), equal_to(whole))
+        pieces, reports = pipeline | ConvertParts(source, spec, str(tmp_path), 0.2, num_shards, seed=0, parts=2)
+        assert_that(pieces | "Counts" >> beam.Map(lambda item: (item[0][0], item[1]["count"]))
+                    | beam.CombinePerKey(sum), equal_to(expected_counts), label="pieces")
+        assert_that(reports | beam.Map(lambda r: (r["kind"], r["histogram"])),
+                    equal_to([("train_pixel_histogram", expected_histogram)]), label="reports")
+    keys = [example["key"] for piece in sorted((tmp_path / PIECES_DIR).iterdir()) for example in iter_examples(str(piece))]
+    assert sorted(keys) == sorted(key for c in carved for key in c.keys())  # every example once, nothing else
 
 
-def test_pixel_histogram_gives_exact_moments():
+def test_pixel_histograms_of_parts_give_exact_moments():
     blocks = [block(count=30, shape=(4, 4, 3)), block(count=20, shape=(4, 4, 3), start=30)]
-    combine = PixelHistogramFn(3)
-    accumulators = [combine.add_input(combine.create_accumulator(), b) for b in blocks]
-    histogram = combine.extract_output(combine.merge_accumulators(accumulators))["histogram"]
+    reports = [{"kind": "train_pixel_histogram", "part": i, "histogram": channel_histograms(b.images).tolist()}
+               for i, b in enumerate(blocks)] + [{"kind": "shard"}]
+    histogram = train_histogram(reports)
     pixels = np.concatenate([b.images for b in blocks]).reshape(-1, 3).astype(np.float64)
     mean, std = channel_moments(histogram)
     np.testing.assert_allclose(mean, pixels.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(std, pixels.std(axis=0), rtol=1e-12)
+    assert train_histogram([{"kind": "shard"}]) is None
 
 
 @pytest.mark.parametrize("shape", [(0, 1), (1, 1), (7, 1), (5, 3, 3), (3, 5, 3), (64, 28, 28, 1), (9, 32, 32, 3),

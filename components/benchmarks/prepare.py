@@ -14,7 +14,8 @@ import time
 
 from components.config import load_section
 from components.data.datasets import get_dataset
-from components.data.prepare import PrepareConfig, make_runner, pipeline_options, prepare_dataset
+from components.data.prepare import (PrepareConfig, make_runner, pipeline_options, prepare_dataset,
+                                     resolved_running_mode)
 from components.data.sources import ArchiveSource
 
 
@@ -70,19 +71,25 @@ def run(args) -> dict:
     quiet = dict(log=lambda *_: None)
     baseline_s = _best_time(lambda out: plain_loop(spec, raw_dir, out), args.repeats)
     source = dataclasses.replace(config, source="archive")
+    default_mode = resolved_running_mode(source, ArchiveSource(spec, raw_dir))
     ours_s = _best_time(lambda out: prepare_dataset(args.dataset, source, raw_dir, str(out / "o"), **quiet), args.repeats)
-    in_memory = dataclasses.replace(source, direct_running_mode="in_memory", direct_num_workers=1)
-    in_memory_s = _best_time(lambda out: prepare_dataset(args.dataset, in_memory, raw_dir, str(out / "o"), **quiet),
-                             args.repeats)
-    empty_s = _best_time(lambda _: empty_pipeline(config), args.repeats)
+    # The other mode, for comparison: two worker processes when the default is one process, else one process.
+    other = (dataclasses.replace(source, direct_running_mode="multi_processing", direct_num_workers=2)
+             if default_mode == "in_memory" else dataclasses.replace(source, direct_running_mode="in_memory"))
+    other_s = _best_time(lambda out: prepare_dataset(args.dataset, other, raw_dir, str(out / "o"), **quiet),
+                         args.repeats)
+    empty_s = _best_time(lambda _: empty_pipeline(dataclasses.replace(config, direct_running_mode=default_mode)),
+                         args.repeats)
     return {
         "benchmark": "prepare", "dataset": args.dataset,
         "plain_loop_s": round(baseline_s, 2),
         "ours_s": round(ours_s, 2),
-        "ours_mode": f"{config.direct_running_mode} x{config.direct_num_workers}",
+        "ours_mode": f"{config.direct_running_mode}: {default_mode}"
+                     + ("" if default_mode == "in_memory" else f" x{config.direct_num_workers}"),
         "ratio": round(ours_s / baseline_s, 2),
         "empty_pipeline_s": round(empty_s, 2),  # Beam's fixed cost in the same mode: worker start and exit
-        "ours_in_memory_s": round(in_memory_s, 2),
-        "ratio_in_memory": round(in_memory_s / baseline_s, 2),
-        "target_ratio_max": 1.5,
+        "other_mode": f"{other.direct_running_mode}" + ("" if other.direct_running_mode == "in_memory" else " x2"),
+        "other_mode_s": round(other_s, 2),
+        "ratio_other_mode": round(other_s / baseline_s, 2),
+        "target_ratio_max": 1.0,
     }

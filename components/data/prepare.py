@@ -38,7 +38,8 @@ from components.data.datasets import DatasetSpec, get_dataset
 from components.data.errors import DataError
 from components.data.info import INFO_FILE, OUTPUT_SPLITS
 from components.data.sources import ArchiveSource, Source, SyntheticSource, TfdsSource
-from components.data.transforms import PIECES_DIR, REPORTS_DIR, build_conversion, channel_moments, read_reports
+from components.data.transforms import (PIECES_DIR, REPORTS_DIR, build_conversion, channel_moments, read_reports,
+                                        train_histogram)
 from components.experiments import DEFAULT_DATA_ROOT
 
 
@@ -75,7 +76,8 @@ class PrepareConfig:
     read_parts: int = 0  # parts the source is read in, in parallel; 0: one per DirectRunner worker
     runner: str = "DirectRunner"
     direct_num_workers: int = 2
-    direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "multi_processing"
+    # auto: the fastest measured for the input at hand (resolved_running_mode)
+    direct_running_mode: Literal["auto", "in_memory", "multi_threading", "multi_processing"] = "auto"
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
@@ -98,7 +100,29 @@ class PrepareConfig:
         """
         if self.read_parts:
             return self.read_parts
-        return 1 if self.direct_running_mode == "in_memory" else self.direct_num_workers
+        return 1 if self.direct_running_mode in ("in_memory", "auto") else self.direct_num_workers
+
+
+# Where ``direct_running_mode: auto`` moves from one process to worker processes, in bytes of
+# raw input. Measured on a 2-core machine (``bench prepare`` and ``bench prepare-scale``, README):
+# starting and stopping two worker processes costs about 1.6 s, and the second worker saves
+# about a quarter of the conversion beyond it (less than half: the second part of a tar.gz
+# inflates the members before its own), so one process wins on CIFAR-10 (170 MB, about 2 s)
+# and two workers win from a few times that.
+IN_PROCESS_MAX_RAW_BYTES = 512 * 2**20
+
+
+def resolved_running_mode(config: PrepareConfig, source: Source) -> str:
+    """The DirectRunner mode to run ``source`` in: ``config.direct_running_mode``, or for ``auto``
+    the fastest measured: worker processes for archives of IN_PROCESS_MAX_RAW_BYTES or more on a
+    machine with two cores or more, else one process (the tfds and synthetic sources are read as
+    one part, so a second worker would have nothing to read)."""
+    if config.direct_running_mode != "auto":
+        return config.direct_running_mode
+    if not isinstance(source, ArchiveSource) or config.direct_num_workers < 2 or (os.cpu_count() or 1) < 2:
+        return "in_memory"
+    raw_bytes = sum(storage.size(source.raw_path(raw.name)) for raw in source.spec.raw_files)
+    return "in_memory" if raw_bytes < IN_PROCESS_MAX_RAW_BYTES else "multi_processing"
 
 
 def resolve_source(spec: DatasetSpec, config: PrepareConfig, raw_dir: str) -> Source:
@@ -153,8 +177,9 @@ def pipeline_options(config: PrepareConfig, beam_args: Sequence[str]):
     beam_args = [_RUNNER_ALIASES.get(a, a) for a in beam_args]
     defaults = {"runner": _RUNNER_ALIASES.get(f"--runner={config.runner}", config.runner).removeprefix("--runner=")}
     if config.runner == "DirectRunner":
-        defaults.update(direct_num_workers=config.direct_num_workers,
-                        direct_running_mode=config.direct_running_mode)
+        defaults.update(direct_num_workers=config.direct_num_workers)
+        if config.direct_running_mode != "auto":  # resolved by prepare_dataset once the source is known
+            defaults.update(direct_running_mode=config.direct_running_mode)
     return PipelineOptions(list(beam_args), **{k: v for k, v in defaults.items()
                                               if not any(a.startswith(f"--{k}") for a in beam_args)})
 
@@ -189,12 +214,13 @@ def prepare_dataset(name: str, config: PrepareConfig, raw_dir: str | None = None
     spec = get_dataset(name)
     raw_dir = str(raw_dir or storage.join(config.raw_root, name))
     out = str(out_dir or storage.join(config.out_root, name)).rstrip("/")
-    options = pipeline_options(config, beam_args)
-    storage.use_options(options)  # the driver's own reads and writes use the same endpoints and credentials
+    storage.use_options(pipeline_options(config, beam_args))  # the driver's reads and writes: same endpoints, credentials
     source = resolve_source(spec, config, raw_dir)
     log(f"[prepare] {name}: source {source.kind} ({getattr(source, 'raw_dir', '') or source.describe()})")
     if isinstance(source, ArchiveSource):
         source.check_present()  # before starting Beam, so a missing file is named at once
+    config = dataclasses.replace(config, direct_running_mode=resolved_running_mode(config, source))
+    options = pipeline_options(config, beam_args)
 
     remove_dead_leftovers(out, log)
     temp_dir = _make_temp_dir(out)
@@ -223,7 +249,12 @@ def prepare_dataset(name: str, config: PrepareConfig, raw_dir: str | None = None
             _publish_in_place(temp_dir, out, info_payload)
     except BaseException as error:
         storage.delete_tree(temp_dir)
-        if isinstance(error, Exception) and not isinstance(error, DataError):
+        if isinstance(error, DataError):
+            # In one process Beam re-raises our own error with " [while running '<step>']" appended.
+            message = re.sub(r"\s\[while running '[^']*'\]$", "", str(error))
+            if message != str(error):
+                raise DataError(message) from None
+        elif isinstance(error, Exception):
             message = _data_error_message(error)
             if message:
                 raise DataError(message) from None
@@ -261,8 +292,8 @@ def dataset_info(spec: DatasetSpec, reports: list[dict], source_info: dict, conf
                             f"(first: {r['example_key']})" for r in rejected)
         raise DataError(f"{rejected[0]['origin']}: {total_rejected} example(s) failed validation in {spec.name} "
                         f"(max_rejected is {config.max_rejected}): {reasons}")
-    histogram = next((r["histogram"] for r in reports if r["kind"] == "train_pixel_histogram"), None)
-    if histogram is None or not all(map(sum, histogram)):
+    histogram = train_histogram(reports)
+    if histogram is None or not histogram.sum(axis=1).all():
         raise DataError(f"{spec.name}: no training examples to compute statistics from ({source_info['kind']} source)")
     mean, std = channel_moments(histogram)
     splits = {}

@@ -19,7 +19,7 @@ import pathlib
 import struct
 import tarfile
 import zlib
-from typing import Collection, Container, Iterator
+from typing import BinaryIO, Collection, Container, Iterator
 
 import numpy as np
 
@@ -106,13 +106,22 @@ def _not_a_regular_file(member: tarfile.TarInfo) -> str:
     return f"has tar type {member.type!r}"
 
 
-def iter_tar_members(path: str | pathlib.Path, wanted: Container[str] | None = None,
-                     allowed: Collection[str] | None = None) -> Iterator[tuple[str, int, bytes | None]]:
-    """Yield ``(member name, size in bytes, bytes)`` for each regular file of a ``.tar.gz``, streaming.
+# What the tar and gzip layers raise for an archive that is cut short or damaged.
+_ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
 
-    Members not in ``wanted`` (when given) come with ``None`` instead of their bytes:
-    their data is skipped, though still inflated, since a gzip stream has no index to
-    seek by. Stop iterating early to stop reading the archive.
+
+def _corrupt_archive(path, error: BaseException) -> DataError:
+    return DataError(f"{path}: truncated or corrupt tar.gz archive ({type(error).__name__}: {error})")
+
+
+def iter_tar_members(path: str | pathlib.Path, wanted: Container[str] | None = None,
+                     allowed: Collection[str] | None = None) -> Iterator[tuple[str, int, BinaryIO | None]]:
+    """Yield ``(member name, size in bytes, handle)`` for each regular file of a ``.tar.gz``, streaming.
+
+    ``handle`` reads the member's bytes and is valid until the next member is asked for
+    (read it with :func:`read_member`, which names the archive on failure); members not in
+    ``wanted`` (when given) come with ``None``: their data is skipped, though still inflated,
+    since a gzip stream has no index to seek by. Stop iterating early to stop reading the archive.
 
     Every member passed is checked before anything is yielded for it, so a reader that
     stops early has checked every member before the place it stopped. DataError, naming
@@ -139,11 +148,39 @@ def iter_tar_members(path: str | pathlib.Path, wanted: Container[str] | None = N
                 seen[name] = position
                 if member.isfile():
                     keep = wanted is None or name in wanted
-                    yield name, member.size, archive.extractfile(member).read() if keep else None
+                    yield name, member.size, archive.extractfile(member) if keep else None
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
-        raise DataError(f"{path}: truncated or corrupt tar.gz archive ({type(error).__name__}: {error})") from None
+    except _ARCHIVE_ERRORS as error:
+        raise _corrupt_archive(path, error) from None
+
+
+def read_member(handle: BinaryIO, size: int, archive: str | pathlib.Path) -> bytes:
+    """Up to ``size`` bytes of a member handle from :func:`iter_tar_members`; DataError naming
+    ``archive`` when the stream ends early or is damaged."""
+    try:
+        payload = handle.read(size)
+    except _ARCHIVE_ERRORS as error:
+        raise _corrupt_archive(archive, error) from None
+    if len(payload) != size:
+        raise _corrupt_archive(archive, EOFError(f"member ends after {len(payload)} of {size} bytes"))
+    return payload
+
+
+def iter_cifar_record_chunks(handle: BinaryIO, size: int, label_bytes: int, chunk_records: int,
+                             archive: str | pathlib.Path, source: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Parse a CIFAR member of ``size`` bytes ``chunk_records`` records at a time, streaming.
+
+    Yields what :func:`parse_cifar_records` returns, for consecutive runs of records, so
+    memory stays at one chunk however large the member. ``source`` names the member in
+    errors, ``archive`` the file a damaged stream is blamed on.
+    """
+    record_size = label_bytes + CIFAR_PIXELS
+    if size == 0 or size % record_size:
+        raise DataError(f"{source}: {size} bytes is not a whole number of {record_size}-byte CIFAR records")
+    for start in range(0, size, chunk_records * record_size):
+        length = min(chunk_records * record_size, size - start)
+        yield parse_cifar_records(read_member(handle, length, archive), label_bytes, source)
 
 
 def parse_cifar_records(payload: bytes, label_bytes: int, source: str) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import itertools
 from typing import Iterator, Literal, Sequence, Union
 
@@ -191,36 +192,61 @@ class ArchiveSource:
             yield from _split_into_blocks(split, images, labels, images_path, self.block_size)
 
     def _read_cifar(self) -> Iterator[Block]:
+        """This part's members, ``block_size`` records at a time, as the archive streams past.
+
+        Keys count from the start of the split in the spec's member order, so a member's
+        first key needs the sizes of the members of its split before it (tar headers give
+        them for free). In the release's order those come first and every member streams
+        straight into blocks: memory stays at one block however large the archive. A member
+        that comes before one of them (an archive packed in another order) is held whole
+        until its offset is known.
+        """
         archive = self.raw_path(self.spec.raw_files[0].name)
-        record_size = self.spec.cifar_label_bytes + readers.CIFAR_PIXELS
         split_of = {member: split for split in SPLITS for member in self.spec.split_files[split]}
         mine = self.units or self.all_units()
-        # Keys count from the start of the split in the spec's member order, so a part
-        # needs the sizes of the members before its own (tar headers give them for free).
         needed = {earlier for member in mine for earlier in self._members_before(member)} | set(mine)
         # The last part checks the archive to its end; the others check every member they
         # pass (the reader does, before yielding it), so any bad member fails every plan.
         reads_to_end = mine[-1] == self.all_units()[-1]
-        sizes, payloads = {}, {}
+        sizes: dict[str, int] = {}
+        held: dict[str, bytes] = {}  # members read before their offset was known
         members = readers.iter_tar_members(archive, wanted=set(mine), allowed=self.allowed_members())
         with contextlib.closing(members):
-            for name, size, data in members:
+            for name, size, handle in members:
                 if name in split_of:
                     sizes[name] = size
-                if data is not None:
-                    payloads[name] = data
+                if handle is not None:
+                    if self._first_index(name, sizes) is None:
+                        held[name] = readers.read_member(handle, size, archive)
+                    else:
+                        yield from self._member_blocks(name, handle, size, sizes, archive)
+                for name_held in [held_name for held_name in held if self._first_index(held_name, sizes) is not None]:
+                    payload = held.pop(name_held)
+                    yield from self._member_blocks(name_held, io.BytesIO(payload), len(payload), sizes, archive)
                 if not reads_to_end and needed <= sizes.keys():
                     break  # nothing this part needs lies further in; stop inflating
         absent = sorted(set(needed) - set(sizes))
         if absent:
             raise DataError(f"{archive}: archive lacks member(s) {absent}; is it the {self.spec.name} binary release?")
-        for member in mine:
-            split = split_of[member]
-            origin = f"{archive}:{member}"
-            images, labels = readers.parse_cifar_records(payloads.pop(member), self.spec.cifar_label_bytes, origin)
-            offset = sum(sizes[earlier] // record_size for earlier in self._members_before(member))
-            yield from _split_into_blocks(split, images, labels[:, self.spec.cifar_label_index], origin,
-                                          self.block_size, offset)
+
+    def _first_index(self, member: str, sizes: dict[str, int]) -> int | None:
+        """The index in its split of ``member``'s first record, or None while a member before it is unread."""
+        earlier = self._members_before(member)
+        if not all(name in sizes for name in earlier):
+            return None
+        record_size = self.spec.cifar_label_bytes + readers.CIFAR_PIXELS
+        return sum(sizes[name] // record_size for name in earlier)
+
+    def _member_blocks(self, member: str, handle, size: int, sizes: dict[str, int], archive: str) -> Iterator[Block]:
+        split = next(split for split in SPLITS if member in self.spec.split_files[split])
+        origin = f"{archive}:{member}"
+        offset = self._first_index(member, sizes)
+        chunks = readers.iter_cifar_record_chunks(handle, size, self.spec.cifar_label_bytes, self.block_size,
+                                                  archive, origin)
+        for images, labels in chunks:
+            yield Block(split, np.arange(offset, offset + len(labels), dtype=np.uint64), images,
+                        labels[:, self.spec.cifar_label_index], origin)
+            offset += len(labels)
 
     def _members_before(self, member: str) -> tuple[str, ...]:
         """The members of ``member``'s split that precede it in the spec's (fixed) order."""

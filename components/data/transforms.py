@@ -1,21 +1,35 @@
-"""The Beam conversion, as small DoFns composed into named PTransforms.
+"""The Beam conversion: a DoFn per part of the source, composed of small pure functions,
+then named PTransforms that join the shards and write the reports.
 
 Elements are :class:`~components.data.sources.Block`s of a few thousand examples, not
 single examples: Beam's per-element overhead would otherwise dominate (handing
 60,000 single images through a DirectRunner costs minutes, blocks cost seconds).
 
-    source ─ ReadSource ─ ValidateExamples ─ CarveValidation ─┬─ EncodeAndWriteShards ─┐
-                                                              └─ TrainPixelHistogram ───┴─ WriteReports
+    parts ─ ConvertParts ─┬─ pieces ─ AssembleShards ─────┬─ WriteReports
+      (read, validate,    └─ reports (rejected examples, ─┘
+       carve, write pieces,   each part's train histogram)
+       histogram)
 
-No image crosses a process boundary. ``ReadSource`` reads the source in parts, one per
-worker, and every step up to writing runs fused on the worker that read the block: each
-block's records for a shard go to a small *piece* file under ``_pieces/``, and only the
-pieces' descriptions are grouped by shard, for the step that joins each shard's pieces
-into the shard file. (Shipping the encoded records to the shard writers instead cost
-more than the second worker gave back: 10 s against 2.5 s for the plain loop on CIFAR-10.)
+No image crosses a process boundary, and no image outlives its block. ``ConvertParts``
+cuts the source into parts, one per worker, and :class:`ConvertPartFn` runs every step up
+to writing on the worker that reads the part, one block at a time
+(:func:`validate_block`, :func:`carve_validation`, :func:`write_pieces`,
+:func:`channel_histograms`): each block's records for a shard go to a small *piece* file
+under ``_pieces/``, and only the pieces' descriptions leave the DoFn, to be grouped by
+shard for the step that joins each shard's pieces into the shard file. (Shipping the
+encoded records to the shard writers instead cost more than the second worker gave back:
+10 s against 2.5 s for the plain loop on CIFAR-10.)
+
+Why one DoFn for the block steps rather than one each: Beam's FnApiRunner fuses a chain of
+DoFns, so blocks stream through it, but the DaskRunner does not fuse: it runs each DoFn
+over a whole partition and keeps all its outputs in a list (``apply_dofn_to_bundle`` in
+``apache_beam/runners/dask/transform_evaluator.py``, Beam 2.77), so blocks handed from one
+DoFn to the next would hold a whole part's images in memory, growing with the data set.
+Handing on only piece descriptions keeps memory at one block on every runner
+(``python -m pipeline.bench prepare-scale`` measures it up to 40x CIFAR-10's size).
 
 Everything the driver needs afterwards (per-shard counts and class counts, rejected
-examples, the train pixel histogram) is written as small report files under
+examples, the train pixel histograms) is written as small report files under
 ``_reports/`` in the output directory, so the driver never depends on a runner's
 metrics API (DaskRunner has none).
 Beam counters are kept as well, for the runners' own UIs.
@@ -27,7 +41,7 @@ import json
 import math
 import shutil
 import zlib
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import apache_beam as beam
 import numpy as np
@@ -63,108 +77,112 @@ def unit_interval(hashes: np.ndarray) -> np.ndarray:
     return (hashes >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-class ReadBlocksFn(beam.DoFn):
-    """Read a source on a worker and emit its blocks."""
-
-    def process(self, source) -> Iterator[Block]:
-        blocks = beam.metrics.Metrics.counter(NAMESPACE, "blocks_read")
-        for block in source.read_blocks():
-            blocks.inc()
-            yield block
-
-
-class ValidateBlockFn(beam.DoFn):
-    """Keep the examples of a block that match the data set's shape, dtype and label range.
-
-    Emits ``(valid block, rejection reports)``: one report per reason with the origin
-    file, the count and one example key, so the final error can name the file. (One
-    output rather than tagged outputs, which DaskRunner does not keep apart.)
-    """
-
-    def __init__(self, spec: DatasetSpec):
-        self.spec = spec
-
-    def process(self, block: Block):
-        images, labels = block.images, block.labels
-        if images.dtype != np.uint8 or tuple(images.shape[1:]) != self.spec.image_shape:
-            # Shape and dtype are per block (one file has one layout): reject it whole.
-            reason = (f"image dtype {images.dtype} and shape {tuple(images.shape[1:])}, expected uint8 "
-                      f"{self.spec.image_shape}")
-            yield block.take(np.zeros(len(block), bool)), [self._report(block, np.ones(len(block), bool), reason)]
-            return
-        reports = []
-        out_of_range = (labels < 0) | (labels >= self.spec.num_classes)
-        if out_of_range.any():
-            reason = (f"label out of range [0, {self.spec.num_classes}) "
-                      f"(values {sorted(set(labels[out_of_range].tolist()))[:5]})")
-            reports.append(self._report(block, out_of_range, reason))
-            block = block.take(~out_of_range)
-        beam.metrics.Metrics.counter(NAMESPACE, "examples_valid").inc(len(block))
-        yield block, reports
-
-    @staticmethod
-    def _report(block: Block, mask: np.ndarray, reason: str) -> dict:
-        count = int(mask.sum())
-        beam.metrics.Metrics.counter(NAMESPACE, "examples_rejected").inc(count)
-        return {"kind": "rejected", "origin": block.origin, "reason": reason, "count": count,
-                "example_key": block.take(mask).keys()[0]}
+def validate_block(block: Block, spec: DatasetSpec) -> tuple[Block, list[dict]]:
+    """The examples of ``block`` that match the data set's shape, dtype and label range, and
+    one rejection report per reason (origin file, count, first example key), so the final
+    error can name the file."""
+    images, labels = block.images, block.labels
+    if images.dtype != np.uint8 or tuple(images.shape[1:]) != spec.image_shape:
+        # Shape and dtype are per block (one file has one layout): reject it whole.
+        reason = (f"image dtype {images.dtype} and shape {tuple(images.shape[1:])}, expected uint8 "
+                  f"{spec.image_shape}")
+        return block.take(np.zeros(len(block), bool)), [_rejection(block, np.ones(len(block), bool), reason)]
+    reports = []
+    out_of_range = (labels < 0) | (labels >= spec.num_classes)
+    if out_of_range.any():
+        reason = (f"label out of range [0, {spec.num_classes}) "
+                  f"(values {sorted(set(labels[out_of_range].tolist()))[:5]})")
+        reports.append(_rejection(block, out_of_range, reason))
+        block = block.take(~out_of_range)
+    return block, reports
 
 
-class CarveValidationFn(beam.DoFn):
-    """Send a stable ``fraction`` of train to ``validation``, chosen by a hash of each key.
+def _rejection(block: Block, mask: np.ndarray, reason: str) -> dict:
+    return {"kind": "rejected", "origin": block.origin, "reason": reason, "count": int(mask.sum()),
+            "example_key": block.take(mask).keys()[0]}
 
-    The choice depends only on the example's key and the salt, never on block layout,
+
+def carve_validation(block: Block, fraction: float, seed: int) -> list[Block]:
+    """``block``, with a stable ``fraction`` of a train block sent to ``validation``.
+
+    The choice depends only on the example's key and the seed, never on block layout,
     worker or run, so every run carves the same validation set.
     """
-
-    def __init__(self, fraction: float, seed: int):
-        self.fraction = fraction
-        self.salt = f"validation:{seed}"
-
-    def process(self, block: Block) -> Iterator[Block]:
-        if block.split != "train" or self.fraction == 0:
-            yield block
-            return
-        to_validation = unit_interval(stable_hash(block.indices, self.salt)) < self.fraction
-        yield block.take(to_validation, "validation")
-        yield block.take(~to_validation)
+    if block.split != "train" or fraction == 0:
+        return [block]
+    to_validation = unit_interval(stable_hash(block.indices, f"validation:{seed}")) < fraction
+    return [block.take(to_validation, "validation"), block.take(~to_validation)]
 
 
-class WritePiecesFn(beam.DoFn):
+def write_pieces(block: Block, out_dir: str, num_shards: dict[str, int], num_classes: int,
+                 seed: int) -> list[tuple[tuple[str, int], dict]]:
     """Encode a block to framed TFRecords and write its records for each shard as a piece file.
 
     The shard is a hash of the key (independent of the validation hash), so every shard
     is a uniform sample of its split: what interleaved reading at training time wants.
     A piece holds its records sorted by key and is named after its first key, so a
-    retried bundle rewrites the same files. Emits ``((split, shard), piece)`` where the
-    piece is a small dict: file name, first and last key, count and class counts.
+    retried bundle rewrites the same files. Returns ``((split, shard), piece)`` pairs,
+    where the piece is a small dict: file name, first and last key, count and class counts.
+    """
+    if not len(block):
+        return []
+    keys = block.key_array()
+    if (keys[1:] < keys[:-1]).any():  # sources yield blocks in key order; sort any other
+        block = block.take(np.argsort(keys, kind="stable"))
+        keys = block.key_array()
+    framed = schema.framed_block(block.images, block.labels, keys)
+    shards = stable_hash(block.indices, f"shard:{seed}{block.source_split}") % np.uint64(num_shards[block.split])
+    written = []
+    for shard in np.unique(shards).tolist():
+        picked = shards == shard
+        shard_keys = keys[picked]
+        first_key, last_key = shard_keys[0].decode(), shard_keys[-1].decode()
+        name = f"{block.split}-{shard:05d}-{first_key.replace('/', '-')}"
+        with storage.create(storage.join(out_dir, PIECES_DIR, name)) as handle:
+            handle.write(framed[picked].ravel().data)
+        written.append(((block.split, shard), {
+            "file": name, "first_key": first_key, "last_key": last_key, "count": int(picked.sum()),
+            "class_counts": np.bincount(block.labels[picked], minlength=num_classes).tolist()}))
+    return written
+
+
+class ConvertPartFn(beam.DoFn):
+    """Read one part of the source on this worker and convert it block by block.
+
+    For each block: validate, carve validation out of train, write the pieces, add the
+    train examples to the part's pixel histogram. Emits ``("piece", (split, shard), piece)``
+    for every piece written and ``("report", report)`` for every rejection and, at the end,
+    for the part's train histogram (one output rather than tagged outputs, which DaskRunner
+    does not keep apart). Only these small dicts leave the worker (module docstring).
     """
 
-    def __init__(self, out_dir: str, num_shards: dict[str, int], num_classes: int, seed: int):
+    def __init__(self, spec: DatasetSpec, out_dir: str, validation_fraction: float,
+                 num_shards: dict[str, int], seed: int):
+        self.spec = spec
         self.out_dir = out_dir
+        self.validation_fraction = validation_fraction
         self.num_shards = num_shards
-        self.num_classes = num_classes
-        self.salt = f"shard:{seed}"
+        self.seed = seed
 
-    def process(self, block: Block):
-        if not len(block):
-            return
-        keys = block.key_array()
-        if (keys[1:] < keys[:-1]).any():  # sources yield blocks in key order; sort any other
-            block = block.take(np.argsort(keys, kind="stable"))
-            keys = block.key_array()
-        framed = schema.framed_block(block.images, block.labels, keys)
-        shards = stable_hash(block.indices, self.salt + block.source_split) % np.uint64(self.num_shards[block.split])
-        for shard in np.unique(shards).tolist():
-            picked = shards == shard
-            shard_keys = keys[picked]
-            first_key, last_key = shard_keys[0].decode(), shard_keys[-1].decode()
-            name = f"{block.split}-{shard:05d}-{first_key.replace('/', '-')}"
-            with storage.create(storage.join(self.out_dir, PIECES_DIR, name)) as handle:
-                handle.write(framed[picked].ravel().data)
-            yield (block.split, shard), {
-                "file": name, "first_key": first_key, "last_key": last_key, "count": int(picked.sum()),
-                "class_counts": np.bincount(block.labels[picked], minlength=self.num_classes).tolist()}
+    def process(self, numbered_part):
+        part_number, source = numbered_part
+        counter = beam.metrics.Metrics.counter
+        histogram = np.zeros((self.spec.image_shape[2], 256), np.int64)
+        for block in source.read_blocks():
+            counter(NAMESPACE, "blocks_read").inc()
+            valid, rejections = validate_block(block, self.spec)
+            counter(NAMESPACE, "examples_valid").inc(len(valid))
+            for report in rejections:
+                counter(NAMESPACE, "examples_rejected").inc(report["count"])
+                yield "report", report
+            for carved in carve_validation(valid, self.validation_fraction, self.seed):
+                if carved.split == "train" and len(carved):
+                    histogram += channel_histograms(carved.images)
+                for shard, piece in write_pieces(carved, self.out_dir, self.num_shards, self.spec.num_classes,
+                                                 self.seed):
+                    yield "piece", shard, piece
+        # The part number keeps two parts' equal histograms apart (reports are named by content).
+        yield "report", {"kind": "train_pixel_histogram", "part": part_number, "histogram": histogram.tolist()}
 
 
 class AssembleShardFn(beam.DoFn):
@@ -224,35 +242,6 @@ def channel_histograms(images: np.ndarray) -> np.ndarray:
     return histogram
 
 
-class PixelHistogramFn(beam.CombineFn):
-    """Per-channel histogram of the train split's pixel values (C x 256 counts).
-
-    Other splits are skipped here rather than filtered out by a step of their own: each
-    Beam step has a fixed cost that matters at this data size.
-
-    Mean and standard deviation follow exactly from the histogram, with no floating
-    point sums whose result would depend on the order workers combine in.
-    """
-
-    def __init__(self, channels: int):
-        self.channels = channels
-
-    def create_accumulator(self):
-        return np.zeros((self.channels, 256), np.int64)
-
-    def add_input(self, accumulator, block: Block):
-        if block.split != "train":
-            return accumulator
-        accumulator += channel_histograms(block.images)
-        return accumulator
-
-    def merge_accumulators(self, accumulators):
-        return np.sum(list(accumulators), axis=0, dtype=np.int64)
-
-    def extract_output(self, accumulator):
-        return {"kind": "train_pixel_histogram", "histogram": accumulator.tolist()}
-
-
 def channel_moments(histogram: Iterable[Iterable[int]]) -> tuple[list[float], list[float]]:
     """Per-channel mean and (population) standard deviation, in pixel units 0-255."""
     counts = np.asarray(histogram, np.float64)
@@ -265,51 +254,40 @@ def channel_moments(histogram: Iterable[Iterable[int]]) -> tuple[list[float], li
     return mean.tolist(), np.sqrt(variance).tolist()
 
 
-@beam.ptransform_fn
-def ReadSource(pipeline, source, parts: int):
-    """Cut the source into up to ``parts`` parts and read each on a worker of its own.
+def train_histogram(reports: Iterable[dict]) -> np.ndarray | None:
+    """The train split's per-channel pixel histogram: the sum of the parts' histograms (exact
+    integers, so the order the parts come in does not matter); None if no part reported one."""
+    histograms = [np.asarray(report["histogram"], np.int64) for report in reports
+                  if report["kind"] == "train_pixel_histogram"]
+    return np.sum(histograms, axis=0, dtype=np.int64) if histograms else None
 
-    ``beam.Create`` spreads several parts over the workers; the blocks of a part then
-    stay on its worker for every later step up to writing (see the module docstring).
+
+@beam.ptransform_fn
+def ConvertParts(pipeline, source, spec: DatasetSpec, out_dir: str, validation_fraction: float,
+                 num_shards: dict[str, int], seed: int, parts: int):
+    """Cut the source into up to ``parts`` parts and convert each on a worker of its own.
+
+    Returns ``(pieces, reports)``: ``((split, shard), piece)`` pairs, and report dicts.
+    ``beam.Create`` spreads the parts over the workers.
     """
-    return (pipeline
-            | "CreateParts" >> beam.Create(source.parts(parts))
-            | "ReadBlocks" >> beam.ParDo(ReadBlocksFn()))
+    converted = (pipeline
+                 | "CreateParts" >> beam.Create(list(enumerate(source.parts(parts))))
+                 | "Convert" >> beam.ParDo(ConvertPartFn(spec, out_dir, validation_fraction, num_shards, seed)))
+    pieces = converted | "Pieces" >> beam.FlatMap(lambda output: [output[1:]] if output[0] == "piece" else [])
+    reports = converted | "Reports" >> beam.FlatMap(lambda output: [output[1]] if output[0] == "report" else [])
+    return pieces, reports
 
 
 @beam.ptransform_fn
-def ValidateExamples(blocks, spec: DatasetSpec):
-    """Returns a tuple of PCollections (valid blocks, rejection reports)."""
-    checked = blocks | "Validate" >> beam.ParDo(ValidateBlockFn(spec))
-    valid = checked | "ValidBlocks" >> beam.Map(lambda checked_block: checked_block[0])
-    rejected = checked | "RejectionReports" >> beam.FlatMap(lambda checked_block: checked_block[1])
-    return valid, rejected
-
-
-@beam.ptransform_fn
-def CarveValidation(blocks, fraction: float, seed: int):
-    return blocks | "Carve" >> beam.ParDo(CarveValidationFn(fraction, seed))
-
-
-@beam.ptransform_fn
-def EncodeAndWriteShards(blocks, out_dir: str, spec: DatasetSpec, num_shards: dict[str, int], seed: int):
-    """Encode, write pieces, group the pieces by shard and join them; an empty shard is still written."""
+def AssembleShards(pieces, out_dir: str, spec: DatasetSpec, num_shards: dict[str, int]):
+    """Group the pieces by shard and join them; an empty shard is still written."""
     every_shard = [((split, shard), None) for split, count in sorted(num_shards.items()) for shard in range(count)]
-    pieces = blocks | "EncodeAndWritePieces" >> beam.ParDo(WritePiecesFn(out_dir, num_shards, spec.num_classes, seed))
     # Not reshuffled: the placeholders are tiny, and a Reshuffle is two more Beam stages.
-    placeholders = blocks.pipeline | "EveryShard" >> beam.Create(every_shard, reshuffle=False)
+    placeholders = pieces.pipeline | "EveryShard" >> beam.Create(every_shard, reshuffle=False)
     return ((pieces, placeholders)
             | "WithEveryShard" >> beam.Flatten()
             | "GroupPiecesByShard" >> beam.GroupByKey()
             | "AssembleShard" >> beam.ParDo(AssembleShardFn(out_dir, spec.name, num_shards, spec.num_classes)))
-
-
-@beam.ptransform_fn
-def TrainPixelHistogram(blocks, channels: int):
-    # Without defaults: a default for empty input would take a side input and three more
-    # Beam stages. Every block (of any split) gives an accumulator, so only a source with
-    # no examples at all gets no histogram.
-    return blocks | "Histogram" >> beam.CombineGlobally(PixelHistogramFn(channels)).without_defaults()
 
 
 class WriteReportFn(beam.DoFn):
@@ -342,12 +320,10 @@ def build_conversion(pipeline, source, spec: DatasetSpec, out_dir: str, validati
     ``read_parts``: how many parts to read the source in, at most (one per worker).
     The output does not depend on it.
     """
-    blocks = pipeline | "ReadSource" >> ReadSource(source, read_parts)
-    valid, rejected = blocks | "ValidateExamples" >> ValidateExamples(spec)
-    split = valid | "CarveValidation" >> CarveValidation(validation_fraction, seed)
-    shards = split | "EncodeAndWriteShards" >> EncodeAndWriteShards(out_dir, spec, num_shards, seed)
-    histogram = split | "TrainPixelHistogram" >> TrainPixelHistogram(spec.image_shape[2])
+    pieces, reports = pipeline | "ConvertParts" >> ConvertParts(source, spec, out_dir, validation_fraction,
+                                                                num_shards, seed, read_parts)
+    shards = pieces | "AssembleShards" >> AssembleShards(out_dir, spec, num_shards)
     # One sink fed by every branch: DaskRunner computes only the last step's graph.
-    ((shards, rejected, histogram)
+    ((shards, reports)
      | "AllReports" >> beam.Flatten()
      | "WriteReports" >> beam.ParDo(WriteReportFn(out_dir)))
