@@ -12,7 +12,8 @@ from components.data.sources import Block
 from components.data.schema import iter_examples
 from components.data.sources import SyntheticSource
 from components.data.transforms import (PIECES_DIR, AssembleShardFn, ConvertParts, carve_validation, channel_histograms,
-                                        channel_moments, stable_hash, train_histogram, unit_interval, validate_block)
+                                        channel_moments, PieceWriter, stable_hash, train_histogram, unit_interval,
+                                        validate_block)
 
 
 def block(split="train", count=100, labels=None, shape=(28, 28, 1), start=0):
@@ -132,16 +133,17 @@ def test_channel_histograms_count_every_byte_of_every_channel(shape):
     np.testing.assert_array_equal(channel_histograms(images), np.array(expected).reshape(shape[-1], 256))
 
 
-def piece(directory, name, first_key, last_key, payload, labels):
+def piece(directory, name, first_index, last_index, payload, labels):
     (directory / PIECES_DIR).mkdir(exist_ok=True)
     (directory / PIECES_DIR / name).write_bytes(payload)
-    return {"file": name, "first_key": first_key, "last_key": last_key, "count": len(labels),
+    return {"file": name, "first_key": f"train/{first_index:06d}", "last_key": f"train/{last_index:06d}",
+            "first_index": first_index, "last_index": last_index, "count": len(labels),
             "class_counts": np.bincount(labels, minlength=3).tolist()}
 
 
-def test_assemble_joins_pieces_in_key_order(tmp_path):
-    early = piece(tmp_path, "a", "train/000000", "train/000009", b"early", [0, 1])
-    late = piece(tmp_path, "b", "train/000010", "train/000019", b"late", [2])
+def test_assemble_joins_pieces_in_index_order(tmp_path):
+    early = piece(tmp_path, "a", 999_990, 999_999, b"early", [0, 1])
+    late = piece(tmp_path, "b", 1_000_000, 1_000_019, b"late", [2])  # "train/1000000" < "train/999990" as text
     assemble = AssembleShardFn(str(tmp_path), "demo", {"train": 4}, num_classes=3)
     (report,) = assemble.process((("train", 2), [late, None, early]))  # None: the every-shard placeholder
     assert (tmp_path / "demo-train.tfrecord-00002-of-00004").read_bytes() == b"earlylate"
@@ -152,8 +154,37 @@ def test_assemble_joins_pieces_in_key_order(tmp_path):
     assert (tmp_path / "demo-train.tfrecord-00003-of-00004").read_bytes() == b""
 
 
-def test_assemble_refuses_pieces_whose_keys_overlap(tmp_path):
-    one = piece(tmp_path, "a", "train/000000", "train/000010", b"x", [0])
-    other = piece(tmp_path, "b", "train/000005", "train/000019", b"y", [1])
+def test_assemble_refuses_pieces_whose_indices_overlap(tmp_path):
+    one = piece(tmp_path, "a", 0, 10, b"x", [0])
+    other = piece(tmp_path, "b", 5, 19, b"y", [1])
     with pytest.raises(ValueError, match="demo-train.tfrecord-00000-of-00001: pieces a and b overlap"):
         list(AssembleShardFn(str(tmp_path), "demo", {"train": 1}, 3).process((("train", 0), [one, other])))
+
+
+def test_a_block_across_a_million_examples_gives_pieces_in_index_order(tmp_path):
+    """Keys grow a digit at index 1,000,000: the block is written as two runs (framed records of one
+    run share a key length), and the shard holds its records in index order, every one once."""
+    crossing = block(count=40, start=999_980, shape=(4, 4, 1))
+    writer = PieceWriter(str(tmp_path), 0, {"train": 2}, 10, seed=0)
+    writer.add(crossing.take(np.arange(25)))
+    writer.add(crossing.take(np.arange(25, 40)))
+    written = writer.close()
+    assert [key for key, _ in written] == [("train", 0), ("train", 1)]  # one piece per shard for the part
+    assert sum(piece["count"] for _, piece in written) == 40
+    assemble = AssembleShardFn(str(tmp_path), "demo", {"train": 2}, 10)
+    keys = []
+    for shard in (0, 1):
+        list(assemble.process((("train", shard), [piece for key, piece in written if key == ("train", shard)])))
+        shard_keys = [example["key"] for example in iter_examples(str(tmp_path / f"demo-train.tfrecord-{shard:05d}-of-00002"))]
+        assert [int(key.split("/")[1]) for key in shard_keys] == sorted(int(key.split("/")[1]) for key in shard_keys)
+        keys += shard_keys
+    assert sorted(keys) == sorted(crossing.keys())
+
+
+def test_a_part_whose_blocks_go_back_is_an_error_not_a_shuffled_shard(tmp_path):
+    writer = PieceWriter(str(tmp_path), 3, {"train": 1}, 10, seed=0)
+    writer.add(block(count=10, start=100, shape=(4, 4, 1)))
+    with pytest.raises(ValueError, match=r"train-00000-part00003: a block starting at train/000050 \(file-train-50\) "
+                                         r"comes after index 109"):
+        writer.add(block(count=10, start=50, shape=(4, 4, 1)))
+    writer.close()

@@ -15,7 +15,8 @@ Goals: ``us_per_image`` within 1.25x and ``peak_rss_mb`` within 1.5x. Progress g
 stderr, the figures to stdout as one JSON line.
 
 Each conversion runs in a fresh process, so one mode's memory or warm caches never count
-for another. With ``--work-dir`` the archives are kept there and reused by later runs.
+for another; with ``--repeats N`` the fastest of N counts (``seconds_all`` lists them) and
+the largest peak memory. With ``--work-dir`` the archives are kept there and reused.
 """
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--params", default="params.yaml", help="the prepare section gives the default mode")
     parser.add_argument("--work-dir", help="where archives and outputs go (default: a temporary directory, "
                                            "removed at the end); needs about 3x the largest data set's size free")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="conversions per size and mode: the fastest counts, and the largest peak memory")
     parser.add_argument("--plot", help="also draw seconds per image and peak memory against size into this PNG")
     parser.add_argument("--replot", metavar="JSON", help="measure nothing: draw --plot from a JSON line this "
                                                         "benchmark printed before (and print it again)")
@@ -238,10 +241,11 @@ def run(args) -> dict:
             results[f"{scale}x"] = {"default_is": _RUNNING_MODE.get(default, default)}
             for mode in args.modes:
                 out_dir = work / f"out-{scale}x-{mode}"
-                if mode == "dask":
-                    figures = _measure_on_dask(configs[mode], raw_dir, out_dir)
-                else:
-                    figures = measure(configs[mode], raw_dir, out_dir, [])
+                runs = [_measure_on_dask(configs[mode], raw_dir, out_dir) if mode == "dask"
+                        else measure(configs[mode], raw_dir, out_dir, []) for _ in range(args.repeats)]
+                figures = min(runs, key=lambda run: run["seconds"])
+                figures = {**figures, "peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
+                           "seconds_all": [run["seconds"] for run in runs]}
                 results[f"{scale}x"][mode] = figures
                 print(f"[prepare-scale] {scale}x {mode}: {json.dumps(figures)}", file=sys.stderr, flush=True)
     finally:
@@ -252,9 +256,12 @@ def run(args) -> dict:
     if first["default_is"] in args.modes and last["default_is"] in args.modes:
         growth["default"] = {key: round(last[last["default_is"]][key] / first[first["default_is"]][key], 2)
                              for key in GOALS}
+    # The goals are per mode. The default's growth is reported too, but where it picks one process
+    # for the small size and two worker processes for the large one, its memory grows by the
+    # second process's fixed footprint, not with the data.
     result = {"benchmark": "prepare-scale", "cpu_count": os.cpu_count(), "sizes": results,
               "growth": growth, "growth_of": f"{max(args.scales)}x over {min(args.scales)}x", "goals_max": GOALS,
-              "goals_met": all(growth[mode][key] <= GOALS[key] for mode in growth for key in GOALS)}
+              "goals_met": all(growth[mode][key] <= GOALS[key] for mode in args.modes for key in GOALS)}
     if args.plot:
         plot(result, args.plot)
     return result

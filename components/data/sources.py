@@ -220,7 +220,8 @@ class ArchiveSource:
                         held[name] = readers.read_member(handle, size, archive)
                     else:
                         yield from self._member_blocks(name, handle, size, sizes, archive)
-                for name_held in [held_name for held_name in held if self._first_index(held_name, sizes) is not None]:
+                ready = [held_name for held_name in held if self._first_index(held_name, sizes) is not None]
+                for name_held in sorted(ready, key=mine.index):  # index order within each split
                     payload = held.pop(name_held)
                     yield from self._member_blocks(name_held, io.BytesIO(payload), len(payload), sizes, archive)
                 if not reads_to_end and needed <= sizes.keys():
