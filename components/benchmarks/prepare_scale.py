@@ -191,7 +191,7 @@ def plot(result: dict, path: str) -> None:
 
     sizes = sorted(result["sizes"], key=lambda size: int(size.rstrip("x")))
     scales = [int(size.rstrip("x")) for size in sizes]
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     labels = {"in_process": "DirectRunner, one process", "two_workers": "DirectRunner, 2 worker processes",
               "dask": "DaskRunner, 2 worker processes"}
     for mode in [mode for mode in MODES if mode in result["sizes"][sizes[0]]]:
@@ -201,13 +201,14 @@ def plot(result: dict, path: str) -> None:
             axis.plot(scales, [result["sizes"][size][mode][key] for size in sizes], marker="o", label=label)
     for axis, title in zip(axes, ("conversion time per image (µs)", "peak resident memory, all processes (MB)")):
         axis.set_xscale("log")
-        axis.set_xticks(scales, [f"{scale}x\n{scale * 60_000:,} images" for scale in scales])
+        axis.set_xticks(scales, [f"{scale}x" for scale in scales])
+        axis.set_xlabel("size, in CIFAR-10s (60,000 images)")
         axis.set_ylim(bottom=0)
         axis.set_title(title)
         axis.grid(alpha=0.3)
-    axes[0].legend()
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8, frameon=False)
     figure.suptitle(f"prepare on CIFAR-10-format archives of growing size ({result['cpu_count']} cores)")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
