@@ -104,11 +104,12 @@ class PrepareConfig:
 
 
 # Where ``direct_running_mode: auto`` moves from one process to worker processes, in bytes of
-# raw input. Measured on a 2-core machine (``bench prepare`` and ``bench prepare-scale``, README):
-# starting and stopping two worker processes costs about 1.6 s, and the second worker saves
-# about a quarter of the conversion beyond it (less than half: the second part of a tar.gz
-# inflates the members before its own), so one process wins on CIFAR-10 (170 MB, about 2 s)
-# and two workers win from a few times that.
+# raw input. Measured on a 2-core machine (``bench prepare-scale``, README "How prepare scales"):
+# starting and stopping two worker processes costs about 1.2 s more than one process, and the
+# second worker saves a fifth to a quarter of the conversion beyond that (not half: the second
+# part of a tar.gz inflates the members before its own). So one process wins on CIFAR-10
+# (0.17 GiB: 1.7 s against 2.8 s), the two tie at three times its size (0.51 GiB: 5.9 s and
+# 6.0 s), and two workers win above (40x: 67 s against 87 s).
 IN_PROCESS_MAX_RAW_BYTES = 512 * 2**20
 
 

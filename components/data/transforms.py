@@ -17,9 +17,9 @@ to writing on the worker that reads the part, one block at a time
 :func:`channel_histograms`): the part's records for each shard are appended to one *piece*
 file under ``_pieces/``, and only the pieces' descriptions leave the DoFn, to be grouped by
 shard for the step that joins each shard's pieces into the shard file (on a local disk the
-first piece is renamed into place, so a source read in one part writes each record once). (Shipping the
-encoded records to the shard writers instead cost more than the second worker gave back:
-10 s against 2.5 s for the plain loop on CIFAR-10.)
+first piece is renamed into place, so a source read in one part writes each record once).
+Shipping the encoded records to the shard writers instead cost more than the second worker
+gave back: 10 s against 2.5 s for the plain loop on CIFAR-10.
 
 Why one DoFn for the block steps rather than one each: Beam's FnApiRunner fuses a chain of
 DoFns, so blocks stream through it, but the DaskRunner does not fuse: it runs each DoFn
@@ -249,7 +249,6 @@ class AssembleShardFn(beam.DoFn):
             else np.zeros(self.num_classes, np.int64)
         yield {"kind": "shard", "split": split, "shard": shard, "file": name,
                "count": sum(piece["count"] for piece in pieces), "class_counts": class_counts.tolist()}
-
 
     def _join(self, pieces: list[dict], shard_path: str) -> None:
         """The pieces' bytes, in order, as the shard file. On a local disk the first piece
