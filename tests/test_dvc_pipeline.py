@@ -103,6 +103,11 @@ def test_repro_runs_every_stage_then_nothing(repo_copy):
     assert "Running stage" not in second.stdout
     assert "up to date" in second.stdout
     assert "zoo" not in first.stdout + second.stdout  # `dvc repro` runs the default experiments only
+    # Bytecode caches beside the sources the stages depend on change nothing (.dvcignore):
+    # Python writes them wherever PYTHONDONTWRITEBYTECODE is not set.
+    sh(sys.executable, "-m", "compileall", "-q", "components", "pipeline", cwd=repo_copy)
+    assert list((repo_copy / "components" / "data").glob("__pycache__/*.pyc"))
+    assert "Data and pipelines are up to date" in sh("dvc", "status", "dvc.yaml", cwd=repo_copy).stdout
     assert not (repo_copy / "zoo" / "cpu" / "dvc.lock").exists()
 
 
