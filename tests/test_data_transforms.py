@@ -136,8 +136,7 @@ def test_channel_histograms_count_every_byte_of_every_channel(shape):
 def piece(directory, name, first_index, last_index, payload, labels):
     (directory / PIECES_DIR).mkdir(exist_ok=True)
     (directory / PIECES_DIR / name).write_bytes(payload)
-    return {"file": name, "first_key": f"train/{first_index:06d}", "last_key": f"train/{last_index:06d}",
-            "first_index": first_index, "last_index": last_index, "count": len(labels),
+    return {"file": name, "first_index": first_index, "last_index": last_index, "count": len(labels),
             "class_counts": np.bincount(labels, minlength=3).tolist()}
 
 

@@ -62,6 +62,11 @@ def _best_time(function, repeats: int) -> float:
     return min(times)
 
 
+def _mode_name(running_mode: str, workers: int) -> str:
+    """``in_memory``, or ``<mode> x<workers>`` for the modes that run workers."""
+    return running_mode if running_mode == "in_memory" else f"{running_mode} x{workers}"
+
+
 def run(args) -> dict:
     import tensorflow  # noqa: F401  imported before timing, so neither side pays for it
 
@@ -84,11 +89,10 @@ def run(args) -> dict:
         "benchmark": "prepare", "dataset": args.dataset,
         "plain_loop_s": round(baseline_s, 2),
         "ours_s": round(ours_s, 2),
-        "ours_mode": f"{config.direct_running_mode}: {default_mode}"
-                     + ("" if default_mode == "in_memory" else f" x{config.direct_num_workers}"),
+        "ours_mode": f"{config.direct_running_mode}: {_mode_name(default_mode, config.direct_num_workers)}",
         "ratio": round(ours_s / baseline_s, 2),
         "empty_pipeline_s": round(empty_s, 2),  # Beam's fixed cost in the same mode: worker start and exit
-        "other_mode": f"{other.direct_running_mode}" + ("" if other.direct_running_mode == "in_memory" else " x2"),
+        "other_mode": _mode_name(other.direct_running_mode, other.direct_num_workers),
         "other_mode_s": round(other_s, 2),
         "ratio_other_mode": round(other_s / baseline_s, 2),
         "target_ratio_max": 1.0,

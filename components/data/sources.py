@@ -219,11 +219,12 @@ class ArchiveSource:
                     if self._first_index(name, sizes) is None:
                         held[name] = readers.read_member(handle, size, archive)
                     else:
-                        yield from self._member_blocks(name, handle, size, sizes, archive)
+                        yield from self._member_blocks(name, split_of[name], handle, size, sizes, archive)
                 ready = [held_name for held_name in held if self._first_index(held_name, sizes) is not None]
                 for name_held in sorted(ready, key=mine.index):  # index order within each split
                     payload = held.pop(name_held)
-                    yield from self._member_blocks(name_held, io.BytesIO(payload), len(payload), sizes, archive)
+                    yield from self._member_blocks(name_held, split_of[name_held], io.BytesIO(payload), len(payload),
+                                                   sizes, archive)
                 if not reads_to_end and needed <= sizes.keys():
                     break  # nothing this part needs lies further in; stop inflating
         absent = sorted(set(needed) - set(sizes))
@@ -238,8 +239,8 @@ class ArchiveSource:
         record_size = self.spec.cifar_label_bytes + readers.CIFAR_PIXELS
         return sum(sizes[name] // record_size for name in earlier)
 
-    def _member_blocks(self, member: str, handle, size: int, sizes: dict[str, int], archive: str) -> Iterator[Block]:
-        split = next(split for split in SPLITS if member in self.spec.split_files[split])
+    def _member_blocks(self, member: str, split: str, handle, size: int, sizes: dict[str, int],
+                       archive: str) -> Iterator[Block]:
         origin = f"{archive}:{member}"
         offset = self._first_index(member, sizes)
         chunks = readers.iter_cifar_record_chunks(handle, size, self.spec.cifar_label_bytes, self.block_size,

@@ -125,7 +125,7 @@ class PieceWriter:
     keeps every piece sorted (checked: a block that goes back is an error, never a shuffled
     shard). Pieces are named after the part and the shard, so a retried part rewrites the
     same files. :meth:`close` returns ``((split, shard), piece)`` pairs, where the piece is a
-    small dict: file name, first and last key and index, count and class counts.
+    small dict: file name, first and last index, count and class counts.
     """
 
     def __init__(self, out_dir: str, part_number: int, num_shards: dict[str, int], num_classes: int, seed: int):
@@ -141,12 +141,12 @@ class PieceWriter:
             block = block.take(np.argsort(block.indices, kind="stable"))
         # Keys of one framed block share a length (schema.framed_block builds them column by
         # column), so a block that crosses a power of ten (index 999,999 to 1,000,000) is two runs.
-        key_lengths = np.char.str_len(block.key_array())
-        for run in np.split(np.arange(len(block)), np.flatnonzero(np.diff(key_lengths)) + 1):
-            self._add_run(block.take(run))
-
-    def _add_run(self, block: Block) -> None:
         keys = block.key_array()
+        key_lengths = np.char.str_len(keys)
+        for run in np.split(np.arange(len(block)), np.flatnonzero(np.diff(key_lengths)) + 1):
+            self._add_run(block.take(run), keys[run].astype(f"S{key_lengths[run[0]]}"))
+
+    def _add_run(self, block: Block, keys: np.ndarray) -> None:
         framed = schema.framed_block(block.images, block.labels, keys)
         shards = stable_hash(block.indices, f"shard:{self.seed}{block.source_split}") % np.uint64(
             self.num_shards[block.split])
@@ -158,21 +158,21 @@ class PieceWriter:
                 name = f"{block.split}-{shard:05d}-part{self.part_number:05d}"
                 self.handles[block.split, shard] = storage.create(storage.join(self.out_dir, PIECES_DIR, name))
                 piece = self.pieces[block.split, shard] = {
-                    "file": name, "first_key": keys[picked][0].decode(), "first_index": int(indices[0]),
-                    "last_index": -1, "count": 0, "class_counts": [0] * self.num_classes}
+                    "file": name, "first_index": int(indices[0]), "last_index": -1, "count": 0,
+                    "class_counts": np.zeros(self.num_classes, np.int64)}
             if indices[0] <= piece["last_index"]:
                 raise ValueError(f"{piece['file']}: a block starting at {block.keys()[0]} ({block.origin}) comes "
                                  f"after index {piece['last_index']}; a source must yield a part's blocks in index order")
             self.handles[block.split, shard].write(framed[picked].ravel().data)
-            piece.update(last_key=keys[picked][-1].decode(), last_index=int(indices[-1]),
-                         count=piece["count"] + int(picked.sum()))
-            piece["class_counts"] = (np.asarray(piece["class_counts"]) + np.bincount(
-                block.labels[picked], minlength=self.num_classes)).tolist()
+            piece["last_index"] = int(indices[-1])
+            piece["count"] += int(picked.sum())
+            piece["class_counts"] += np.bincount(block.labels[picked], minlength=self.num_classes)
 
     def close(self) -> list[tuple[tuple[str, int], dict]]:
         for handle in self.handles.values():
             handle.close()
-        return sorted(self.pieces.items())
+        return [(shard, {**piece, "class_counts": piece["class_counts"].tolist()})
+                for shard, piece in sorted(self.pieces.items())]
 
 
 class ConvertPartFn(beam.DoFn):
