@@ -1,4 +1,4 @@
-"""The train stage: recipes, schedules, MLflow records, resume after kill -9, multi-worker."""
+"""The train stage: recipes, schedules, MLflow records, resume after kill -9 (several workers: test_multi_worker.py)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,6 @@ import pathlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 
@@ -423,37 +422,6 @@ def test_bad_inputs_fail_before_training(prepared, tmp_path):
 
     result = run_train(params, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     assert result.returncode == 1 and "MLflow tracking store http://127.0.0.1:9 is not usable" in result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def test_two_worker_processes_train_together(prepared, tmp_path):
-    (tmp_path / "data").symlink_to(prepared / "data")
-    params = write_params(tmp_path, epochs=1)
-    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    workers = [subprocess.Popen(
-        [sys.executable, "-m", "pipeline.train", "--experiment", "tiny", "--params", str(params), "--no-tracking"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**environment, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
-        for i in range(2)]
-    outputs = [worker.communicate(timeout=600) for worker in workers]
-    for worker, (out, err) in zip(workers, outputs):
-        assert worker.returncode == 0, err[-3000:]
-    assert "2 replica(s)" in outputs[0][0]
-    metrics = json.loads((tmp_path / "models" / "tiny" / "train_metrics.json").read_text())
-    assert metrics["replicas"] == 2
-    # Trained together: both workers end with the same weights, the ones the chief exported.
-    from components.training.trainer import weights_digest
-
-    digests = [re.findall(r"weights sha256 ([0-9a-f]{64})", out) for out, _ in outputs]
-    assert digests[0] == digests[1] == [metrics["weights_sha256"]]
-    assert weights_digest(keras.saving.load_model(tmp_path / "models" / "tiny" / "model.keras")) == digests[0][0]
-    assert not [p for p in (tmp_path / "checkpoints").iterdir()]  # the worker's private checkpoints are gone
 
 
 def test_a_run_that_fails_ends_failed_with_the_error(prepared, tmp_path):
