@@ -440,3 +440,25 @@ def test_a_run_that_fails_ends_failed_with_the_error(prepared, tmp_path):
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
     assert run.info.status == "FAILED" and "corrupt TFRecord" in run.data.tags["error"]
+
+
+def test_bench_train_measures_the_stage_against_the_compute_ceiling(prepared, tmp_path):
+    """`bench train` runs the train stage itself (on a synthetic set, tracked) and the compiled
+    step on resident tensors, and reports their ratio as `ratio_to_ceiling`."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prepare"]["out_root"] = str(prepared / "data")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, "-m", "pipeline.bench", "train", "--dataset", "cifar10", "--model",
+                             "lenet5", "--params", str(tmp_path / "params.yaml"), "--steps", "3", "--repeats", "1",
+                             "--stage-images", "1280", "--stage-epochs", "2"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(figures["stage_epoch_images_per_s"]) == 2  # the stage ran its two epochs
+    assert figures["stage_images_per_s"] == figures["stage_epoch_images_per_s"][1]  # the steady one: after the first
+    assert figures["ceiling_images_per_s"] > 0 and figures["stage_wall_s"] > 0
+    assert figures["ratio_to_ceiling"] == round(figures["stage_images_per_s"] / figures["ceiling_images_per_s"], 3)
+    assert figures["ours_to_ceiling"] == round(figures["ours_images_per_s"] / figures["ceiling_images_per_s"], 3)
+    assert figures["target_ratio_to_ceiling_min"] == 0.95
+    assert not list(REPO.glob("metrics/bench")) and not list(REPO.glob("models/bench"))  # all in a scratch directory
