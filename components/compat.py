@@ -83,15 +83,21 @@ def keras_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
-@functools.cache
-def apply_keras_workarounds() -> None:
-    """Install the Keras workarounds of this module (once per process)."""
+def check_keras_version(what: str, then: str) -> None:
+    """CompatError unless the installed Keras is within :data:`KERAS_CHECKED`, saying which
+    workaround (``what``) was checked against which versions and what to do (``then``)."""
     low, high = KERAS_CHECKED
     version = keras_version()
     if not low <= version <= high:
-        raise CompatError(f"keras {'.'.join(map(str, version))} is outside the versions the workarounds in "
-                          f"{__name__} were checked against ({low[0]}.{low[1]} to {high[0]}.{high[1]}); run "
-                          f"tests/test_compat.py, then widen KERAS_CHECKED or drop what is fixed ({UPSTREAM})")
+        raise CompatError(f"keras {'.'.join(map(str, version))} is outside the versions {what} in {__name__} "
+                          f"was checked against ({low[0]}.{low[1]} to {high[0]}.{high[1]}); run "
+                          f"tests/test_compat.py, then widen KERAS_CHECKED or {then}")
+
+
+@functools.cache
+def apply_keras_workarounds() -> None:
+    """Install the Keras workarounds of this module (once per process)."""
+    check_keras_version("the workarounds", f"drop what is fixed ({UPSTREAM})")
     from keras.src.backend.tensorflow import trainer as keras_tf_trainer
 
     if not hasattr(keras_tf_trainer.TensorFlowTrainer, "_maybe_symbolic_build"):
@@ -125,10 +131,7 @@ def set_random_seed(seed: int) -> None:
     if keras.backend.backend() == "tensorflow":
         keras.utils.set_random_seed(seed)
         return
-    low, high = KERAS_CHECKED
-    if not low <= keras_version() <= high:
-        raise CompatError(f"keras {'.'.join(map(str, keras_version()))} is outside the versions workaround 2 of "
-                          f"{__name__} was checked against; re-check keras/src/utils/rng_utils.py")
+    check_keras_version("workaround 2", "re-check keras/src/utils/rng_utils.py")
     import numpy as np
     from keras.src.backend.common import global_state
     from keras.src.random import seed_generator
@@ -148,10 +151,7 @@ def outside_distribution():
     saving or for an export, is local to this process. Restores the distribution after."""
     import keras
 
-    low, high = KERAS_CHECKED
-    if not low <= keras_version() <= high:
-        raise CompatError(f"keras {'.'.join(map(str, keras_version()))} is outside the versions workaround 3 of "
-                          f"{__name__} was checked against; re-check keras/src/saving/saving_lib.py get_attr_skipset")
+    check_keras_version("workaround 3", "re-check get_attr_skipset in keras/src/saving/saving_lib.py")
     previous = keras.distribution.distribution()
     keras.distribution.set_distribution(None)
     try:

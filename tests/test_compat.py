@@ -69,12 +69,15 @@ def test_versions_outside_the_checked_range_are_refused(monkeypatch):
     compat.apply_keras_workarounds()  # the installed version is in range
     compat.apply_keras_workarounds.cache_clear()
     monkeypatch.setattr(compat, "keras_version", lambda: (3, compat.KERAS_CHECKED[1][1] + 1))
-    with pytest.raises(compat.CompatError, match="outside the versions"):
+    with pytest.raises(compat.CompatError, match="outside the versions the workarounds in components.compat"):
         compat.apply_keras_workarounds()
     compat.apply_keras_workarounds.cache_clear()
+    with pytest.raises(compat.CompatError, match="outside the versions workaround 3 in components.compat"):
+        with compat.outside_distribution():
+            pass
 
 
-# Workaround 3: on JAX, Keras' own seeding imports TensorFlow; ours does not, and seeds Keras the same.
+# Workaround 2: on JAX, Keras' own seeding imports TensorFlow; ours does not, and seeds Keras the same.
 SEEDING = r"""
 import sys
 import keras
