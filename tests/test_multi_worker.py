@@ -109,17 +109,18 @@ def write_params(root: pathlib.Path, data_root: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def launch(params: pathlib.Path, port: int, tag: str) -> list[subprocess.Popen]:
+def launch(params: pathlib.Path, port: int, tag: str, tracking_uri: str | None = None) -> list[subprocess.Popen]:
     """Both workers of the same command (``python -m pipeline.train ...``), each with its
-    KERAS_DISTRIBUTION_* variables; stdout and stderr to files named by ``tag``."""
+    KERAS_DISTRIBUTION_* variables; stdout and stderr to files named by ``tag``. Tracked in
+    MLflow at ``tracking_uri`` (by the chief), else ``--no-tracking``."""
     workers = []
     for worker in range(2):
         env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
                "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{port}", "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
-               "KERAS_DISTRIBUTION_PROCESS_ID": str(worker)}
+               "KERAS_DISTRIBUTION_PROCESS_ID": str(worker), **({"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {})}
         with open(params.parent / f"{tag}.{worker}.out", "w") as out, open(params.parent / f"{tag}.{worker}.err", "w") as err:
             workers.append(subprocess.Popen([sys.executable, "-m", "pipeline.train", "--experiment", "tiny",
-                                             "--params", str(params), "--no-tracking"],
+                                             "--params", str(params), *([] if tracking_uri else ["--no-tracking"])],
                                             cwd=params.parent, env=env, stdout=out, stderr=err))
     return workers
 
@@ -164,11 +165,12 @@ def test_two_workers_train_one_model_and_resume_together_after_kill_9(prepared, 
     per_worker = [shard_examples[0] + shard_examples[2], shard_examples[1] + shard_examples[3]]
     steps = min(per_worker) // (GLOBAL_BATCH // 2)
 
-    # Uninterrupted.
+    # Uninterrupted, tracked: the chief alone logs and registers the model in MLflow.
     whole = tmp_path / "whole"
     whole.mkdir()
     params = write_params(whole, prepared)
-    stdouts = finish(launch(params, free_port(), "run"), params, "run")
+    tracking_uri = f"sqlite:///{whole / 'mlflow.db'}"
+    stdouts = finish(launch(params, free_port(), "run", tracking_uri), params, "run")
     for worker, (stdout, shards) in enumerate(zip(stdouts, ([0, 2], [1, 3]))):
         assert f"worker {worker} of 2: train shards {shards} ({per_worker[worker]} examples), 16 of each global " \
                f"batch of {GLOBAL_BATCH}" in stdout
@@ -180,6 +182,14 @@ def test_two_workers_train_one_model_and_resume_together_after_kill_9(prepared, 
     assert len({digest for _, _, digest in figures[0].values()}) == EPOCHS  # and they did train
     metrics = json.loads((whole / "models" / "tiny" / "train_metrics.json").read_text())
     assert metrics["replicas"] == 2 and metrics["steps_per_epoch"] == steps
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
+    assert run.info.run_id == metrics["mlflow_run_id"] and run.info.status == "FINISHED"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == \
+        pytest.approx([figures[0][epoch][1] for epoch in range(1, EPOCHS + 1)], abs=1e-6)
+    assert metrics["registered_model_version"] == "1" and "[mlflow] run" in stdouts[0] and "[mlflow]" not in stdouts[1]
     # The exported model is the best epoch's, as both workers saw it.
     best_epoch = max(figures[0], key=lambda epoch: figures[0][epoch][1])
     assert metrics["best_epoch"] == best_epoch and metrics["weights_sha256"] == figures[0][best_epoch][2]
