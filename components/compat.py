@@ -26,16 +26,13 @@ failed CUDA probe on machines without a GPU, Beam's apitools notice), so they li
    examples at global batch 32 over two replicas: 9 and 8, or 16 and 1 through
    ``distribute_datasets_from_function``), and under MultiWorkerMirroredStrategy the
    collective fails outright. Fix: build from this worker's first replica's batch, which
-   has the same structure, dtypes and per-example shapes. No upstream issue tracks it;
-   the Keras maintainers' position on Keras 3 + MultiWorkerMirroredStrategy is
-   https://github.com/keras-team/keras/issues/20585.
-2. **Keras reduces per-step logs across workers with an all-reduce that fails on scalars.**
-   ``reduce_per_replica(..., "mean")`` under MultiWorkerMirroredStrategy calls
-   ``strategy.reduce("MEAN", v, axis=0)`` on scalar losses and metrics. Fix: report each
-   worker's logs reduced over its own replicas (``_collective_all_reduce_multi_worker``
-   answers False). Gradients are still all-reduced across workers by the strategy; only
-   the printed loss and metrics are per worker. Same upstream position (keras#20585).
-3. **keras.utils.set_random_seed imports TensorFlow on every backend.** Keras seeds
+   has the same structure, dtypes and per-example shapes. Only single-host
+   ``MirroredStrategy`` needs it now: several workers train on JAX with
+   ``keras.distribution`` (:mod:`components.training.distribute`), because Keras 3 does not
+   support MultiWorkerMirroredStrategy with ``fit`` (the maintainers' position, which also
+   covers this build path: https://github.com/keras-team/keras/issues/20585). No upstream
+   issue tracks the MirroredStrategy case.
+2. **keras.utils.set_random_seed imports TensorFlow on every backend.** Keras seeds
    TensorFlow's global generator whenever TensorFlow is installed, by design (its
    docstring: "the TensorFlow seed is set even if you're not using TensorFlow as your
    backend framework", for tf.data users; keras/src/utils/rng_utils.py, 3.x up to at
@@ -46,9 +43,23 @@ failed CUDA probe on machines without a GPU, Beam's apitools notice), so they li
    SeedGenerator, Python's and NumPy's generators), and calls Keras' on TensorFlow.
    Not a Keras bug (its documented behaviour), so no upstream issue; the tests show
    Keras still imports TensorFlow there, and that ours seeds Keras identically.
+3. **Keras' saving runs a cross-process collective under a multi-process distribution.**
+   ``saving_lib.get_attr_skipset`` (keras/src/saving/saving_lib.py, 3.x up to at least
+   3.15.1) builds a throwaway ``Optimizer(1.0)`` to learn which attributes to skip; under
+   ``keras.distribution`` its learning-rate variable is placed with the distribution's
+   layout, and for an array spanning several processes ``jax.device_put`` checks that
+   every process passes the same value, a collective. Saved by the chief alone (its
+   checkpoints, its export), that collective meets whatever the other workers run next:
+   seen here as "passed to device_put is not the same on each process" on both. Fix:
+   :func:`outside_distribution` unsets the distribution around the chief's saving and
+   export, so objects built there are plain local ones; the weights, replicated on every
+   worker, are read from this worker's copy. No upstream issue found (searched
+   keras-team/keras for multi-host saving). ``tests/test_compat.py`` shows Keras still
+   places a variable with the distribution's layout while saving, and that ours does not.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 
@@ -72,15 +83,21 @@ def keras_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
-@functools.cache
-def apply_keras_workarounds() -> None:
-    """Install the Keras workarounds of this module (once per process)."""
+def check_keras_version(what: str, then: str) -> None:
+    """CompatError unless the installed Keras is within :data:`KERAS_CHECKED`, saying which
+    workaround (``what``) was checked against which versions and what to do (``then``)."""
     low, high = KERAS_CHECKED
     version = keras_version()
     if not low <= version <= high:
-        raise CompatError(f"keras {'.'.join(map(str, version))} is outside the versions the workarounds in "
-                          f"{__name__} were checked against ({low[0]}.{low[1]} to {high[0]}.{high[1]}); run "
-                          f"tests/test_compat.py, then widen KERAS_CHECKED or drop what is fixed ({UPSTREAM})")
+        raise CompatError(f"keras {'.'.join(map(str, version))} is outside the versions {what} in {__name__} "
+                          f"was checked against ({low[0]}.{low[1]} to {high[0]}.{high[1]}); run "
+                          f"tests/test_compat.py, then widen KERAS_CHECKED or {then}")
+
+
+@functools.cache
+def apply_keras_workarounds() -> None:
+    """Install the Keras workarounds of this module (once per process)."""
+    check_keras_version("the workarounds", f"drop what is fixed ({UPSTREAM})")
     from keras.src.backend.tensorflow import trainer as keras_tf_trainer
 
     if not hasattr(keras_tf_trainer.TensorFlowTrainer, "_maybe_symbolic_build"):
@@ -88,12 +105,6 @@ def apply_keras_workarounds() -> None:
                           f"re-check workaround 1 of {__name__}")
     ORIGINALS.setdefault("_maybe_symbolic_build", keras_tf_trainer.TensorFlowTrainer._maybe_symbolic_build)
     keras_tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _build_from_local_batch
-    if not hasattr(keras_tf_trainer, "_collective_all_reduce_multi_worker"):
-        raise CompatError(f"keras {keras_version()}: _collective_all_reduce_multi_worker is gone; "
-                          f"re-check workaround 2 of {__name__}")
-    ORIGINALS.setdefault("_collective_all_reduce_multi_worker", keras_tf_trainer._collective_all_reduce_multi_worker)
-    keras_tf_trainer._collective_all_reduce_multi_worker = lambda strategy: False
-
 
 def _build_from_local_batch(self, iterator=None, data_batch=None):
     """``TensorFlowTrainer._maybe_symbolic_build`` building from one replica's batch (workaround 1)."""
@@ -114,16 +125,13 @@ def _build_from_local_batch(self, iterator=None, data_batch=None):
 
 
 def set_random_seed(seed: int) -> None:
-    """``keras.utils.set_random_seed(seed)`` without its TensorFlow import on other backends (workaround 3)."""
+    """``keras.utils.set_random_seed(seed)`` without its TensorFlow import on other backends (workaround 2)."""
     import keras
 
     if keras.backend.backend() == "tensorflow":
         keras.utils.set_random_seed(seed)
         return
-    low, high = KERAS_CHECKED
-    if not low <= keras_version() <= high:
-        raise CompatError(f"keras {'.'.join(map(str, keras_version()))} is outside the versions workaround 3 of "
-                          f"{__name__} was checked against; re-check keras/src/utils/rng_utils.py")
+    check_keras_version("workaround 2", "re-check keras/src/utils/rng_utils.py")
     import numpy as np
     from keras.src.backend.common import global_state
     from keras.src.random import seed_generator
@@ -135,3 +143,18 @@ def set_random_seed(seed: int) -> None:
     global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
     random.seed(seed)
     np.random.seed(seed)
+
+
+@contextlib.contextmanager
+def outside_distribution():
+    """No ``keras.distribution`` inside the block (workaround 3): what Keras builds there, for
+    saving or for an export, is local to this process. Restores the distribution after."""
+    import keras
+
+    check_keras_version("workaround 3", "re-check get_attr_skipset in keras/src/saving/saving_lib.py")
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)

@@ -222,8 +222,8 @@ def test_settings_a_backend_cannot_honour_are_named():
     experiment = resolve_experiment("tiny", {"recipes": {"quick": {"epochs": 1}},
                                              "experiments": {"tiny": {"dataset": "cifar10", "model": "lenet5",
                                                                       "recipe": "quick"}}})
-    cases = [(TrainSettings(distribute="mirrored"), "train.distribute: 'mirrored' is a tf.distribute strategy"),
-             (TrainSettings(input={"pipeline": "tfdata"}), "train.input.pipeline: 'tfdata' feeds the TensorFlow"),
+    # train.distribute's combinations: tests/test_multi_worker.py (distribution_mode)
+    cases = [(TrainSettings(input={"pipeline": "tfdata"}), "train.input.pipeline: 'tfdata' feeds the TensorFlow"),
              (TrainSettings(input={"data_service": "grpc://localhost:5050"}), "train.input.data_service: the tf.data")]
     for settings, message in cases:
         inputs = input_config(experiment, settings, "jax")

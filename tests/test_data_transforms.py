@@ -137,7 +137,7 @@ def piece(directory, name, first_index, last_index, payload, labels):
     (directory / PIECES_DIR).mkdir(exist_ok=True)
     (directory / PIECES_DIR / name).write_bytes(payload)
     return {"file": name, "first_index": first_index, "last_index": last_index, "count": len(labels),
-            "class_counts": np.bincount(labels, minlength=3).tolist()}
+            "bytes": len(payload), "class_counts": np.bincount(labels, minlength=3).tolist()}
 
 
 def test_assemble_joins_pieces_in_index_order(tmp_path):
@@ -151,6 +151,24 @@ def test_assemble_joins_pieces_in_index_order(tmp_path):
     (empty,) = assemble.process((("train", 3), [None]))
     assert empty["count"] == 0 and empty["class_counts"] == [0, 0, 0]
     assert (tmp_path / "demo-train.tfrecord-00003-of-00004").read_bytes() == b""
+
+
+def test_a_retried_join_gives_the_same_shard(tmp_path):
+    """A runner may retry the join: after it finished, or after it was cut short while appending.
+    On a local disk the first piece is already the shard then; the retry gives the same bytes."""
+    first = piece(tmp_path, "a", 0, 9, b"first", [0])
+    second = piece(tmp_path, "b", 10, 19, b"second", [1])
+    assemble = AssembleShardFn(str(tmp_path), "demo", {"train": 1}, num_classes=3)
+    shard = tmp_path / "demo-train.tfrecord-00000-of-00001"
+    reports = [list(assemble.process((("train", 0), [first, second]))) for _ in range(2)]
+    assert shard.read_bytes() == b"firstsecond" and reports[0] == reports[1]
+    shard.write_bytes(b"firstsec")  # cut short while appending the second piece
+    list(assemble.process((("train", 0), [second, first])))
+    assert shard.read_bytes() == b"firstsecond"
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match=r"a: piece missing, and .*demo-train.tfrecord-00000-of-00001 does "
+                                                r"not hold its 5 bytes either"):
+        list(assemble.process((("train", 0), [first, second])))
 
 
 def test_assemble_refuses_pieces_whose_indices_overlap(tmp_path):

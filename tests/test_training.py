@@ -1,4 +1,4 @@
-"""The train stage: recipes, schedules, MLflow records, resume after kill -9, multi-worker."""
+"""The train stage: recipes, schedules, MLflow records, resume after kill -9 (several workers: test_multi_worker.py)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,6 @@ import pathlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 
@@ -425,37 +424,6 @@ def test_bad_inputs_fail_before_training(prepared, tmp_path):
     assert result.returncode == 1 and "MLflow tracking store http://127.0.0.1:9 is not usable" in result.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def test_two_worker_processes_train_together(prepared, tmp_path):
-    (tmp_path / "data").symlink_to(prepared / "data")
-    params = write_params(tmp_path, epochs=1)
-    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    workers = [subprocess.Popen(
-        [sys.executable, "-m", "pipeline.train", "--experiment", "tiny", "--params", str(params), "--no-tracking"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**environment, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
-        for i in range(2)]
-    outputs = [worker.communicate(timeout=600) for worker in workers]
-    for worker, (out, err) in zip(workers, outputs):
-        assert worker.returncode == 0, err[-3000:]
-    assert "2 replica(s)" in outputs[0][0]
-    metrics = json.loads((tmp_path / "models" / "tiny" / "train_metrics.json").read_text())
-    assert metrics["replicas"] == 2
-    # Trained together: both workers end with the same weights, the ones the chief exported.
-    from components.training.trainer import weights_digest
-
-    digests = [re.findall(r"weights sha256 ([0-9a-f]{64})", out) for out, _ in outputs]
-    assert digests[0] == digests[1] == [metrics["weights_sha256"]]
-    assert weights_digest(keras.saving.load_model(tmp_path / "models" / "tiny" / "model.keras")) == digests[0][0]
-    assert not [p for p in (tmp_path / "checkpoints").iterdir()]  # the worker's private checkpoints are gone
-
-
 def test_a_run_that_fails_ends_failed_with_the_error(prepared, tmp_path):
     import mlflow
 
@@ -472,3 +440,25 @@ def test_a_run_that_fails_ends_failed_with_the_error(prepared, tmp_path):
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
     assert run.info.status == "FAILED" and "corrupt TFRecord" in run.data.tags["error"]
+
+
+def test_bench_train_measures_the_stage_against_the_compute_ceiling(prepared, tmp_path):
+    """`bench train` runs the train stage itself (on a synthetic set, tracked) and the compiled
+    step on resident tensors, and reports their ratio as `ratio_to_ceiling`."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prepare"]["out_root"] = str(prepared / "data")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, "-m", "pipeline.bench", "train", "--dataset", "cifar10", "--model",
+                             "lenet5", "--params", str(tmp_path / "params.yaml"), "--steps", "3", "--repeats", "1",
+                             "--stage-images", "1280", "--stage-epochs", "2"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(figures["stage_epoch_images_per_s"]) == 2  # the stage ran its two epochs
+    assert figures["stage_images_per_s"] == figures["stage_epoch_images_per_s"][1]  # the steady one: after the first
+    assert figures["ceiling_images_per_s"] > 0 and figures["stage_wall_s"] > 0
+    assert figures["ratio_to_ceiling"] == round(figures["stage_images_per_s"] / figures["ceiling_images_per_s"], 3)
+    assert figures["ours_to_ceiling"] == round(figures["ours_images_per_s"] / figures["ceiling_images_per_s"], 3)
+    assert figures["target_ratio_to_ceiling_min"] == 0.95
+    assert not list(REPO.glob("metrics/bench")) and not list(REPO.glob("models/bench"))  # all in a scratch directory

@@ -1,5 +1,16 @@
-"""``bench train``: training images/s of our stage against plain Keras ``fit`` on NumPy arrays,
-and what ``train.deterministic`` costs.
+"""``bench train``: training images/s of our stage against plain Keras ``fit`` on NumPy arrays
+and against the compute ceiling, and what ``train.deterministic`` costs.
+
+Stage (``--stage``, on by default): the train stage itself (``python -m pipeline.train``, in
+a subprocess, tracked by MLflow into a scratch store, every callback and the validation
+of each epoch) on a synthetic data set of the dataset's shape (``--stage-images``, prepared
+by the real prepare stage), ``--stage-epochs`` epochs; its steady images/s is what the
+stage records (``images_per_s`` of ``train_metrics.json``: the median training pass after
+the first epoch, which traces). Ceiling: the same model, batch and compiled step on one
+batch of tensors already resident, no input pipeline, no callbacks (TensorFlow: the
+model's ``train_step`` in a ``tf.function``, as Keras compiles it, called in a loop; JAX:
+``fit`` on the same resident arrays every step). ``ratio_to_ceiling`` is the stage's
+steady images/s over the ceiling's.
 
 Ours: the stage's own pieces: the input pipeline (``--input tfdata``: tf.data over the
 prepared TFRecords; ``--input device``: the split in memory, batches drawn and augmented
@@ -17,8 +28,15 @@ whose CPU kernels are deterministic already, it is not measured.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -33,6 +51,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--input", choices=("tfdata", "device"), default="tfdata",
                         help="our input pipeline: tf.data (TensorFlow only) or device-resident")
+    parser.add_argument("--stage", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run the train stage itself for ratio_to_ceiling (minutes)")
+    parser.add_argument("--stage-images", type=int, default=6400,
+                        help="synthetic training-set size for the stage run (a tenth is carved for validation)")
+    parser.add_argument("--stage-epochs", type=int, default=3, help="epochs of the stage run (the first traces)")
 
 
 def _timed_fit(model, data, steps: int, **fit_args) -> float:
@@ -52,6 +75,78 @@ def _op_determinism():
         yield
     finally:
         tf_config.disable_op_determinism()
+
+
+def _stage_run(args, params: dict, backend: str) -> dict:
+    """The train stage on a synthetic data set of ``args.dataset``'s shape: its recorded
+    steady images/s, per-epoch rates and wall time. Runs alone, before anything else is timed."""
+    import yaml
+
+    from components.data.prepare import PrepareConfig, SyntheticConfig, prepare_dataset
+
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    with tempfile.TemporaryDirectory(prefix="bench-train-stage-") as scratch:
+        root = pathlib.Path(scratch)
+        config = PrepareConfig(source="synthetic", direct_running_mode="in_memory", direct_num_workers=1,
+                               synthetic=SyntheticConfig(train_examples=args.stage_images,
+                                                         test_examples=max(args.stage_images // 10, 100)))
+        prepare_dataset(args.dataset, config, raw_dir=str(root / "raw"), out_dir=str(root / "data" / args.dataset),
+                        log=lambda *_: None)
+        stage_params = {**params, "prepare": {**params.get("prepare", {}), "out_root": str(root / "data")},
+                        "train": {**params.get("train", {}), "models_dir": str(root / "models"),
+                                  "checkpoints_dir": str(root / "checkpoints"),
+                                  "input": {**params.get("train", {}).get("input", {}), "pipeline": args.input}},
+                        "experiments": {"bench": {"dataset": args.dataset, "model": args.model, "recipe": args.recipe,
+                                                  "overrides": {"epochs": args.stage_epochs, "steps": None}}}}
+        (root / "params.yaml").write_text(yaml.safe_dump(stage_params))
+        env = {**os.environ, "KERAS_BACKEND": backend, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "pipeline.train", "--experiment", "bench", "--params",
+                                 str(root / "params.yaml")], cwd=root, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if result.returncode != 0:
+            raise SystemExit(f"bench train: the stage run failed ({result.returncode}):\n{result.stderr[-3000:]}")
+        metrics = json.loads((root / "models" / "bench" / "train_metrics.json").read_text())
+        import csv
+
+        with open(root / "models" / "bench" / "history.csv") as handle:
+            epochs = [float(row["images_per_s"]) for row in csv.DictReader(handle)]
+    return {"images_per_s": metrics["images_per_s"], "epoch_images_per_s": [round(v, 1) for v in epochs],
+            "wall_s": round(wall, 1)}
+
+
+def _ceiling(model, x, y, backend: str):
+    """A function ``timed(steps) -> seconds`` running ``steps`` compiled train steps of
+    ``model`` on the resident tensors ``(x, y)``, and nothing else."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        data = (tf.constant(x), tf.constant(y))
+        # Keras' own step, compiled as Keras compiles it (its one_step_on_data)
+        step = tf.function(model.train_step, jit_compile=model.jit_compile, reduce_retracing=True)
+
+        def timed(steps: int) -> float:
+            started = time.perf_counter()
+            for _ in range(steps):
+                logs = step(data)
+            float(logs["loss"])  # wait for the last step
+            return time.perf_counter() - started
+
+        return timed
+    import keras
+
+    resident = (keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y))
+
+    class Resident(keras.utils.PyDataset):
+        def __len__(self):
+            return 1 << 30
+
+        def __getitem__(self, index):
+            return resident
+
+    stream = Resident()
+    return lambda steps: _timed_fit(model, stream, steps)
 
 
 def run(args) -> dict:
@@ -75,6 +170,8 @@ def run(args) -> dict:
     from components.training.trainer import build_training_model, input_config, loss_and_accuracy
 
     params = load_params(args.params)
+    # The stage first, alone on the machine: nothing else of the benchmark runs beside it.
+    stage = _stage_run(args, params, backend) if args.stage else None
     params = {**params, "experiments": {"bench": {"dataset": args.dataset, "model": args.model, "recipe": args.recipe}}}
     experiment: Experiment = resolve_experiment("bench", params)
     settings = from_dict(TrainSettings, params.get("train"), where="train")
@@ -113,14 +210,21 @@ def run(args) -> dict:
     # the labels the recipe's loss takes: one-hot rows when it smooths labels
     y = np.eye(info["num_classes"], dtype=np.float32)[labels[:kept]] if one_hot_labels(inputs) else labels[:kept]
     baseline_model = compiled(create_model(args.model, tuple(info["image_shape"]), info["num_classes"]))
+    # The ceiling: one batch exactly as the stage's input yields it (dtype, labels), kept resident.
+    keras.utils.set_random_seed(recipe.seed)
+    ceiling_model = compiled(build_training_model(experiment, info, inputs))
+    first_batch = next(iter(ours_data)) if args.input == "tfdata" else ours_data[0]
+    ceiling = _ceiling(ceiling_model, *(keras.ops.convert_to_numpy(part) for part in first_batch[:2]), backend)
 
     _timed_fit(ours_model, ours_data, 3)  # warm-up: tracing and first batches
+    ceiling(3)
     baseline_model.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=3, verbose=0)
     if measure_determinism:
         with _op_determinism():
             _timed_fit(deterministic_model, deterministic_data, 3)
-    ours_times, baseline_times, deterministic_times = [], [], []
+    ours_times, baseline_times, deterministic_times, ceiling_times = [], [], [], []
     for _ in range(args.repeats):
+        ceiling_times.append(ceiling(args.steps))
         ours_times.append(_timed_fit(ours_model, ours_data, args.steps))
         started = time.perf_counter()
         baseline_model.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=args.steps, verbose=0, shuffle=True)
@@ -131,6 +235,7 @@ def run(args) -> dict:
     images_timed = args.steps * batch
     ours, baseline = images_timed / min(ours_times), images_timed / min(baseline_times)
     deterministic = images_timed / min(deterministic_times) if deterministic_times else None
+    ceiling_rate = images_timed / min(ceiling_times)
     return {
         "benchmark": "train", "dataset": args.dataset, "model": args.model, "batch_size": batch,
         "augment": list(inputs.augment), "backend": backend, "input": args.input, "device": device_kind(),
@@ -139,5 +244,13 @@ def run(args) -> dict:
         # train.deterministic: true against ours (false): the speed it costs (TensorFlow only).
         "deterministic_images_per_s": round(deterministic, 1) if deterministic else None,
         "deterministic_ratio": round(deterministic / ours, 3) if deterministic else None,
+        # The compute ceiling: the compiled step on resident tensors. ours_to_ceiling: fit with our
+        # input, no callbacks or validation; ratio_to_ceiling: the train stage's recorded steady rate.
+        "ceiling_images_per_s": round(ceiling_rate, 1), "ours_to_ceiling": round(ours / ceiling_rate, 3),
+        "stage_images_per_s": stage["images_per_s"] if stage else None,
+        "stage_epoch_images_per_s": stage["epoch_images_per_s"] if stage else None,
+        "stage_wall_s": stage["wall_s"] if stage else None,
+        "ratio_to_ceiling": round(stage["images_per_s"] / ceiling_rate, 3) if stage else None,
+        "target_ratio_to_ceiling_min": 0.95,
         "steps_timed": args.steps, "repeats": args.repeats,
     }

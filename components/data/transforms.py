@@ -158,12 +158,14 @@ class PieceWriter:
                 name = f"{block.split}-{shard:05d}-part{self.part_number:05d}"
                 self.handles[block.split, shard] = storage.create(storage.join(self.out_dir, PIECES_DIR, name))
                 piece = self.pieces[block.split, shard] = {
-                    "file": name, "first_index": int(indices[0]), "last_index": -1, "count": 0,
+                    "file": name, "first_index": int(indices[0]), "last_index": -1, "count": 0, "bytes": 0,
                     "class_counts": np.zeros(self.num_classes, np.int64)}
             if indices[0] <= piece["last_index"]:
                 raise ValueError(f"{piece['file']}: a block starting at {block.keys()[0]} ({block.origin}) comes "
                                  f"after index {piece['last_index']}; a source must yield a part's blocks in index order")
-            self.handles[block.split, shard].write(framed[picked].ravel().data)
+            records = framed[picked].ravel()
+            self.handles[block.split, shard].write(records.data)
+            piece["bytes"] += records.nbytes
             piece["last_index"] = int(indices[-1])
             piece["count"] += int(picked.sum())
             piece["class_counts"] += np.bincount(block.labels[picked], minlength=self.num_classes)
@@ -226,7 +228,9 @@ class AssembleShardFn(beam.DoFn):
     joining the pieces by first index gives the shard's records in index order: the same
     bytes whichever worker wrote which piece, however many parts, and on every rerun.
     (Index order, not the keys' text order: ``train/1000000`` sorts before ``train/999999``
-    as text.) The pieces are consumed: a retried join fails, and the stage with it.
+    as text.) A retried join (a runner retrying the bundle) gives the same shard: on a local
+    disk the first piece was renamed into the shard, so a retry finds the shard instead and
+    cuts it back to the first piece's size before appending the others again.
     """
 
     def __init__(self, out_dir: str, dataset: str, num_shards: dict[str, int], num_classes: int):
@@ -256,9 +260,16 @@ class AssembleShardFn(beam.DoFn):
         part writes each record once; elsewhere every piece is copied."""
         paths = [storage.join(self.out_dir, PIECES_DIR, piece["file"]) for piece in pieces]
         if paths and storage.is_local(shard_path):
-            os.replace(storage.local_path(paths[0]), storage.local_path(shard_path))
+            first, target = storage.local_path(paths[0]), storage.local_path(shard_path)
+            if os.path.exists(first):
+                os.replace(first, target)
+            elif not (os.path.isfile(target) and os.path.getsize(target) >= pieces[0]["bytes"]):
+                raise FileNotFoundError(f"{paths[0]}: piece missing, and {shard_path} does not hold its "
+                                        f"{pieces[0]['bytes']} bytes either (a piece deleted by hand?)")
+            shard_file = open(target, "r+b")
+            shard_file.truncate(pieces[0]["bytes"])  # a retry: the shard is the first piece again
+            shard_file.seek(0, os.SEEK_END)
             paths = paths[1:]
-            shard_file = open(storage.local_path(shard_path), "ab")
         else:
             shard_file = storage.create(shard_path)
         with shard_file:

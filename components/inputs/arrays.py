@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from typing import Sequence
 
 import numpy as np
 
@@ -39,7 +40,8 @@ from components.data.info import INFO_FILE
 from components.inputs.shards import check_prepared, num_examples, shard_paths
 
 
-def read_split(data_dir: str | os.PathLike, split: str, info: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_split(data_dir: str | os.PathLike, split: str, info: dict | None = None,
+               shards: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Every example of ``split`` in the prepared ``data_dir``: uint8 images ``[N, H, W, C]``, int64 labels ``[N]``.
 
     ``info``: the directory's ``prepare_info.json`` as a dict; read and checked with
@@ -47,6 +49,9 @@ def read_split(data_dir: str | os.PathLike, split: str, info: dict | None = None
     the order of the tf.data evaluation pipeline (round-robin over the shards, one
     record per file in turn). Every record is checked (checksums, count, schema, shape,
     label); a bad one raises DataError naming the file and the record.
+
+    ``shards``: only these shard files (indices into the split's list), interleaved the
+    same way: one worker's part of the split when several train together.
     """
     if info is None:
         info = check_prepared(data_dir, (split,), mode="none")
@@ -58,9 +63,15 @@ def read_split(data_dir: str | os.PathLike, split: str, info: dict | None = None
     if sum(counts) != total:
         raise DataError(f"{pathlib.Path(data_dir) / INFO_FILE}: split '{split}' says {total} examples, "
                         f"its shards {sum(counts)}")
+    paths = shard_paths(data_dir, info, split)
+    if shards is not None:
+        if not shards or any(not 0 <= i < len(paths) for i in shards):
+            raise ValueError(f"shards must be indices of split '{split}''s {len(paths)} shard files, got {list(shards)}")
+        paths, counts = [paths[i] for i in shards], [counts[i] for i in shards]
+        total = sum(counts)
     images = np.empty((total, *shape), np.uint8)  # preallocated: each shard is written into place
     labels = np.empty(total, np.int64)
-    for path, position in zip(shard_paths(data_dir, info, split), interleave_positions(counts)):
+    for path, position in zip(paths, interleave_positions(counts)):
         shard_images, shard_labels = read_shard(path, len(position), info)
         images[position] = shard_images
         labels[position] = shard_labels

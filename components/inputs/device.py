@@ -442,6 +442,11 @@ class DeviceBatches(keras.utils.PyDataset):
     ``start_epoch=e`` starts exactly where an uninterrupted run was at epoch ``e``. With
     ``drop_remainder`` an epoch is ``N // batch_size`` full batches (the rest of the
     permutation is unused), else the last batch of each epoch is the smaller remainder.
+    ``epoch_steps`` makes an epoch that many full batches instead (at most ``N //
+    batch_size``): a budget shorter than a pass, or the count every worker of a
+    multi-worker run can draw. ``stream`` names this stream among several drawing with
+    one seed (e.g. ``("worker", 1)``): its parts go into every key, so each worker of a run
+    gets its own order and augmentation; the default ``()`` keeps the single-process keys.
     Train with ``model.fit(batches, steps_per_epoch=batches.steps_per_epoch,
     shuffle=False, initial_epoch=e)`` and ``start_epoch=e``: Keras keeps one iterator
     over an endless PyDataset across epochs, so the fit's ``k``-th epoch reads batches
@@ -460,7 +465,8 @@ class DeviceBatches(keras.utils.PyDataset):
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, num_classes: int, batch_size: int,
                  training: bool, ops: Sequence[str] = (), params: AugmentParams = AugmentParams(),
                  fill: Sequence[float] = (0.0,), one_hot: bool = False, seed: int = 0,
-                 drop_remainder: bool = True, start_epoch: int = 0):
+                 drop_remainder: bool = True, start_epoch: int = 0, epoch_steps: int | None = None,
+                 stream: Sequence = ()):
         super().__init__()  # one worker, no processes: batches are device calls, threads would gain nothing
         images, labels = np.asarray(images), np.asarray(labels)
         _check_arrays(images, labels, num_classes)
@@ -472,7 +478,12 @@ class DeviceBatches(keras.utils.PyDataset):
         if training and drop_remainder and count < batch_size:
             raise ValueError(f"batch_size {batch_size} is larger than the {count} examples, so an epoch "
                              f"with drop_remainder has no batch")
+        if epoch_steps is not None and not (training and 1 <= epoch_steps <= count // batch_size):
+            raise ValueError(f"epoch_steps {epoch_steps} must be a training stream's number of full batches, "
+                             f"1 to {count // batch_size} ({count} examples, batch_size {batch_size})")
         self.num_examples = count
+        self.epoch_steps = epoch_steps
+        self.stream = tuple(stream)
         self.batch_size = int(batch_size)
         self.training = bool(training)
         self.seed = int(seed)
@@ -489,7 +500,10 @@ class DeviceBatches(keras.utils.PyDataset):
 
     @property
     def steps_per_epoch(self) -> int:
-        """Batches per epoch: ``N // batch_size`` in training with drop_remainder, else ``ceil(N / batch_size)``."""
+        """Batches per epoch: ``epoch_steps`` when given, ``N // batch_size`` in training with
+        drop_remainder, else ``ceil(N / batch_size)``."""
+        if self.epoch_steps is not None:
+            return self.epoch_steps
         if self.training and self.drop_remainder:
             return self.num_examples // self.batch_size
         return math.ceil(self.num_examples / self.batch_size)
@@ -528,7 +542,7 @@ class DeviceBatches(keras.utils.PyDataset):
                       if self.one_hot else self._labels_host[start:start + size])
             return images, labels
         epoch, step = self.epoch_and_step(index)
-        draws = self.augmenter.draw(generator(self.seed, "augment", epoch, step), len(rows))
+        draws = self.augmenter.draw(generator(self.seed, *self.stream, "augment", epoch, step), len(rows))
         images, labels = self._take_and_augment(self._images, self._labels, rows, draws)
         return images, (labels if self.one_hot else self._labels_host[rows])
 
@@ -536,7 +550,7 @@ class DeviceBatches(keras.utils.PyDataset):
         """Epoch ``epoch``'s example order: a permutation from the (seed, "records", epoch) stream."""
         order = self._permutations.get(epoch)
         if order is None:
-            order = generator(self.seed, "records", epoch).permutation(self.num_examples).astype(np.int32)
+            order = generator(self.seed, *self.stream, "records", epoch).permutation(self.num_examples).astype(np.int32)
             self._permutations = {e: o for e, o in self._permutations.items() if e == epoch - 1}
             self._permutations[epoch] = order
         return order

@@ -19,6 +19,8 @@ import time
 import keras
 import numpy as np
 
+from components.compat import outside_distribution
+
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
                   "epoch_time_s", "images_per_s")
 
@@ -244,12 +246,18 @@ class Checkpointer(keras.callbacks.Callback):
     deleted afterwards, except the best one (its weights are the best weights). After a
     ``kill -9`` anywhere, the highest ``epoch-NNNN`` holds the weights and the state of
     the same completed epoch.
+
+    ``write=False`` (the other workers of a multi-worker run): keeps the history and the
+    best epoch, writes nothing; :attr:`best_weights` then names the chief's file, in the
+    directory every worker shares.
     """
 
     def __init__(self, directory: pathlib.Path, fingerprint: dict, history: list[dict], best: float,
-                 best_epoch: int | None = None, extra_state: dict | None = None, monitor: str = "val_accuracy"):
+                 best_epoch: int | None = None, extra_state: dict | None = None, monitor: str = "val_accuracy",
+                 write: bool = True):
         super().__init__()
         self.directory = directory
+        self.write = write
         self.fingerprint = fingerprint
         self.history = history
         self.best = best
@@ -270,6 +278,8 @@ class Checkpointer(keras.callbacks.Callback):
         score = logs.get(self.monitor)
         if score is not None and score > self.best:
             self.best, self.best_epoch = float(score), completed
+        if not self.write:
+            return
         state = {"completed_epochs": completed, "weights": WEIGHTS_FILE, "best": self.best,
                  "best_epoch": self.best_epoch, "monitor": self.monitor, "fingerprint": self.fingerprint,
                  "history": self.history, **self.extra_state}
@@ -277,7 +287,8 @@ class Checkpointer(keras.callbacks.Callback):
         staged = final.with_name(f"{final.name}.tmp")
         shutil.rmtree(staged, ignore_errors=True)
         staged.mkdir(parents=True)
-        self.model.save_weights(str(staged / WEIGHTS_FILE))
+        with outside_distribution():  # the chief saves alone (components/compat.py, workaround 3)
+            self.model.save_weights(str(staged / WEIGHTS_FILE))
         (staged / STATE_FILE).write_text(json.dumps(state, indent=1))
         fsync_tree(staged)
         kill_point("checkpoint-written", completed)
@@ -299,3 +310,33 @@ def write_history_csv(history: list[dict], path: pathlib.Path) -> None:
     for row in history:
         writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
     write_atomically(path, buffer.getvalue().encode())
+
+
+class WorkerSync(keras.callbacks.Callback):
+    """Among several workers: after each epoch, proves they still train one model.
+
+    Logs this worker's validation figures and weights digest, one line per epoch
+    (``[train 1/2] epoch 3: val_loss 1.2345 val_acc 0.4567 weights sha256 ...``), gathers
+    every worker's digest and raises ``error`` on every worker if they differ, before the
+    epoch is checkpointed. ``digest(model) -> str`` (64 hex digits) and ``gather(array) ->
+    [workers, ...]`` come from the trainer and :mod:`components.training.distribute`.
+    """
+
+    def __init__(self, digest, gather, tag: str, error=RuntimeError, stream=sys.stdout):
+        super().__init__()
+        self.digest = digest
+        self.gather = gather
+        self.tag = tag
+        self.error = error
+        self.stream = stream
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        digest = self.digest(self.model)
+        figures = "  ".join(f"{label} {logs[key]:.6f}" for key, label in (("val_loss", "val_loss"),
+                                                                          ("val_accuracy", "val_acc")) if key in logs)
+        print(f"{self.tag} epoch {epoch + 1}: {figures}  weights sha256 {digest}", file=self.stream, flush=True)
+        digests = [bytes(row).hex() for row in self.gather(np.frombuffer(bytes.fromhex(digest), np.uint8))]
+        if len(set(digests)) > 1:
+            raise self.error(f"the workers' weights differ after epoch {epoch + 1}: "
+                             + ", ".join(f"worker {w} {d[:16]}" for w, d in enumerate(digests)))

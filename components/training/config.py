@@ -153,6 +153,8 @@ class TrainSettings:
     # components/models/resnet.py FLOAT16_UNSAFE), float32 on a CPU; off: float32.
     mixed_precision: Literal["auto", "on", "off", "float16", "bfloat16"] = "auto"
     jit_compile: Literal["auto", "on", "off"] = "auto"  # auto: on with a GPU or on JAX (XLA halves TF's CPU speed here)
+    # auto: several workers (JAX) when KERAS_DISTRIBUTION_NUM_PROCESSES > 1, Mirrored over several local GPUs
+    # (TensorFlow), else one device (components/training/distribute.py).
     distribute: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
     tracking: bool = True  # log to MLflow
     register_model: bool = True  # register the exported model under the experiment's name

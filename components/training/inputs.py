@@ -8,6 +8,12 @@
 
 Both give ``fit`` an endless stream cut into epochs by ``steps_per_epoch`` and a finite
 validation set holding every example once. TensorFlow is imported only for ``tfdata``.
+
+Among several workers (``device`` only, on JAX: :mod:`components.training.distribute`) each
+worker draws its local share of every global batch from its own train shard files, in its
+own order, and scores the whole validation split in local batches: Keras assembles the
+workers' local batches into one global batch, so the validation figures are computed over
+every worker's copy of the split at once and are the same on all of them.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import pathlib
 
 from components.inputs.config import InputConfig, one_hot_labels
 from components.inputs.policies import expand_policies
+from components.training.distribute import Cluster, local_batch_size, worker_shards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,15 +34,17 @@ class TrainingInputs:
 
 
 def build_training_inputs(data_dir: pathlib.Path, info: dict, inputs: InputConfig, per_epoch: int,
-                          completed_epochs: int) -> TrainingInputs:
+                          completed_epochs: int, cluster: Cluster = Cluster()) -> TrainingInputs:
     """The inputs of ``inputs.pipeline`` (resolved: ``tfdata`` or ``device``), positioned so
-    the first training batch is epoch ``completed_epochs + 1``'s."""
+    the first training batch is epoch ``completed_epochs + 1``'s; with several workers in
+    ``cluster``, this worker's part (``device`` only, batches of the local batch size)."""
     if inputs.pipeline == "device":
-        return _device_inputs(data_dir, info, inputs, completed_epochs)
+        return _device_inputs(data_dir, info, inputs, per_epoch, completed_epochs, cluster)
     return _tfdata_inputs(data_dir, info, inputs, per_epoch, completed_epochs)
 
 
-def _device_inputs(data_dir: pathlib.Path, info: dict, inputs: InputConfig, completed_epochs: int) -> TrainingInputs:
+def _device_inputs(data_dir: pathlib.Path, info: dict, inputs: InputConfig, per_epoch: int, completed_epochs: int,
+                   cluster: Cluster) -> TrainingInputs:
     from components.inputs.arrays import read_split
     from components.inputs.device import DeviceBatches
 
@@ -43,13 +52,19 @@ def _device_inputs(data_dir: pathlib.Path, info: dict, inputs: InputConfig, comp
     ops = [op for op in expand_policies(inputs.augment, info["image_shape"][2]) if op != "standardize"]
     # cutout erases with the data set mean, so an erased patch normalises to about zero
     fill = [float(v) for v in info["train_statistics"]["mean"]]
-    train_images, train_labels = read_split(data_dir, "train", info)
+    several = cluster.num_workers > 1
+    batch_size = local_batch_size(inputs.batch_size, cluster)
+    shards = worker_shards(len(info["splits"]["train"]["shards"]), cluster) if several else None
+    train_images, train_labels = read_split(data_dir, "train", info, shards=shards)
     validation_images, validation_labels = read_split(data_dir, "validation", info)
-    train = DeviceBatches(train_images, train_labels, num_classes=num_classes, batch_size=inputs.batch_size,
+    # An epoch of fewer batches than a pass (a budget in steps, or what every worker can draw).
+    epoch_steps = per_epoch if several or per_epoch < len(train_images) // batch_size else None
+    train = DeviceBatches(train_images, train_labels, num_classes=num_classes, batch_size=batch_size,
                           training=True, ops=ops, params=inputs.augment_params, fill=fill, one_hot=one_hot,
-                          seed=inputs.seed, drop_remainder=inputs.drop_remainder, start_epoch=completed_epochs)
+                          seed=inputs.seed, drop_remainder=inputs.drop_remainder, start_epoch=completed_epochs,
+                          epoch_steps=epoch_steps, stream=("worker", cluster.worker) if several else ())
     validation = DeviceBatches(validation_images, validation_labels, num_classes=num_classes,
-                               batch_size=inputs.batch_size, training=False, one_hot=one_hot)
+                               batch_size=batch_size, training=False, one_hot=one_hot)
     return TrainingInputs(train, validation)
 
 

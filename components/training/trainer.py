@@ -7,7 +7,10 @@ adds MLflow through ``callbacks``). It
 * runs on the Keras backend the stage activated (``train.backend``: TensorFlow, with
   tf.data or the device-resident input, or JAX, which needs no TensorFlow at all; see
   :mod:`components.backend` and :mod:`components.training.inputs`);
-* picks the strategy (TensorFlow), mixed precision (float16 or bfloat16) and XLA (on
+* trains on one device, under a ``tf.distribute`` strategy on one host (TensorFlow), or
+  as one of several worker processes (JAX, ``keras.distribution``: each worker reads its
+  own train shards, all hold the same weights; :mod:`components.training.distribute`);
+* picks mixed precision (float16 or bfloat16) and XLA (on
   where they help: with a GPU, and always on JAX), and with ``train.deterministic``
   makes the run repeatable bit for bit;
 * resumes from ``<checkpoints_dir>/<experiment>/`` when a previous run was interrupted
@@ -38,7 +41,7 @@ import keras
 import numpy as np
 
 from components import backend as backends
-from components.compat import set_random_seed
+from components.compat import outside_distribution, set_random_seed
 from components.config import from_dict, to_dict
 from components.data.errors import DataError
 from components.inputs.config import InputConfig, one_hot_labels
@@ -46,10 +49,12 @@ from components.inputs.normalization import normalization_layer
 from components.inputs.shards import check_prepared, steps_per_epoch
 from components.models import create_model, model_info
 from components.training.callbacks import (STATE_FILE, Checkpoint, CheckpointError, Checkpointer, EpochTimer,
-                                           ProgressLine, kill_point, latest_checkpoint, replace_directory,
+                                           ProgressLine, WorkerSync, kill_point, latest_checkpoint, replace_directory,
                                            write_atomically, write_history_csv)
 from components.training.config import Experiment, RecipeConfig, TrainSettings
-from components.training.distribute import is_chief, make_strategy
+from components.training.distribute import (Cluster, barrier, check_shared_directory, cluster_from_env,
+                                            distribution_mode, gather, local_batch_size, make_strategy,
+                                            start_workers, worker_shards, worker_steps_per_epoch)
 from components.training.inputs import build_training_inputs
 from components.training.schedules import build_optimizer, build_schedule, plateau_callback
 
@@ -96,9 +101,6 @@ def check_backend_settings(experiment: Experiment, settings: TrainSettings, inpu
     if inputs.pipeline == "tfdata":
         raise TrainingError(f"train.input.pipeline: 'tfdata' feeds the TensorFlow backend; backend {backend!r} "
                             "reads its data with pipeline 'device' (or 'auto')")
-    if settings.distribute in ("mirrored", "multi_worker"):
-        raise TrainingError(f"train.distribute: {settings.distribute!r} is a tf.distribute strategy; backend "
-                            f"{backend!r} trains on one device here (use 'auto' or 'default')")
     if inputs.data_service is not None:
         raise TrainingError(f"train.input.data_service: the tf.data service feeds the TensorFlow backend; backend "
                             f"{backend!r} keeps the split in device memory (set it to null)")
@@ -143,12 +145,14 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         backends.enable_determinism()
 
 
-def fingerprint(experiment: Experiment, inputs: InputConfig, backend: str | None = None) -> dict:
+def fingerprint(experiment: Experiment, inputs: InputConfig, backend: str | None = None, workers: int = 1) -> dict:
     """What a checkpoint must match to be resumed: the backend too (its kernels and its
-    input pipeline's draws differ, so a run continued on the other one would be neither)."""
-    return {"dataset": experiment.dataset, "model": experiment.model, "model_hparams": experiment.model_hparams,
-            "recipe": to_dict(experiment.recipe), "input": to_dict(inputs),
-            "backend": backend or backends.current_backend()}
+    input pipeline's draws differ, so a run continued on the other one would be neither),
+    and the number of workers when there are several (each draws from its own shards)."""
+    wanted = {"dataset": experiment.dataset, "model": experiment.model, "model_hparams": experiment.model_hparams,
+              "recipe": to_dict(experiment.recipe), "input": to_dict(inputs),
+              "backend": backend or backends.current_backend()}
+    return {**wanted, "workers": workers} if workers > 1 else wanted
 
 
 def model_hparams(experiment: Experiment) -> dict:
@@ -189,7 +193,12 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
     version there), and nothing writes to the directory once it is published.
     """
     backend = backends.current_backend()
-    # First: a multi-worker strategy must exist before anything initialises TensorFlow.
+    cluster = cluster_from_env()
+    several = distribution_mode(settings.distribute, backend, cluster) == "multi_worker"
+    if several:
+        # First: the workers join before JAX runs anything (jax.distributed.initialize's rule).
+        start_workers(cluster)
+        log = _tagged(log, cluster.tag)
     strategy = make_strategy(settings.distribute) if backend == "tensorflow" else None
     recipe = experiment.recipe
     data_dir = experiment.paths.data
@@ -209,7 +218,16 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
     keras.mixed_precision.set_global_policy(policy)
     seed_everything(recipe.seed, settings.deterministic)
 
-    per_epoch = steps_per_epoch(info, "train", recipe.batch_size, inputs.drop_remainder)
+    if several:  # whole global batches only: each worker draws its local share from its own shards
+        shard_examples = [int(shard["examples"]) for shard in info["splits"]["train"]["shards"]]
+        local_batch = local_batch_size(recipe.batch_size, cluster)
+        per_epoch = worker_steps_per_epoch(shard_examples, cluster, local_batch)
+        mine = worker_shards(len(shard_examples), cluster)
+        log(f"[train] worker {cluster.worker} of {cluster.num_workers}: train shards {mine} "
+            f"({sum(shard_examples[i] for i in mine)} examples), {local_batch} of each global batch of "
+            f"{recipe.batch_size}")
+    else:
+        per_epoch = steps_per_epoch(info, "train", recipe.batch_size, inputs.drop_remainder)
     if per_epoch < 1:
         raise TrainingError(f"batch_size {recipe.batch_size} is larger than the {info['splits']['train']['examples']} "
                             f"training examples of {experiment.dataset}")
@@ -217,17 +235,23 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
     # A budget of fewer steps than one pass: one epoch of that many batches of the shuffled
     # split (the CPU budgets of the ImageNet-sized models, params.yaml zoo_cpu).
     per_epoch = min(per_epoch, recipe.steps) if recipe.steps else per_epoch
-    replicas = strategy.num_replicas_in_sync if strategy else 1
+    replicas = (strategy.num_replicas_in_sync if strategy
+                else len(keras.distribution.list_devices()) if several else 1)
     log(f"[train] {experiment.name}: {experiment.model} on {experiment.dataset}, recipe {experiment.recipe_name}, "
         f"{epochs} epochs x {per_epoch} steps of {recipe.batch_size}, {replicas} replica(s), "
+        + (f"{cluster.num_workers} workers (this is worker {cluster.worker}), " if several else "") +
         f"{'GPU' if accelerator else 'CPU'}, backend {backend}, input {inputs.pipeline}, precision {policy}, "
         f"XLA {'on' if jit else 'off'}, deterministic {'on' if settings.deterministic else 'off'}")
 
     checkpoint_dir = pathlib.Path(settings.checkpoints_dir) / experiment.name
-    if not is_chief():  # other workers checkpoint too (collectives need them), somewhere private
-        checkpoint_dir = checkpoint_dir.with_name(f"{experiment.name}.worker-{os.getpid()}")
-    wanted = fingerprint(experiment, inputs, backend)
-    checkpoint = load_checkpoint(checkpoint_dir, wanted, log)
+    wanted = fingerprint(experiment, inputs, backend, cluster.num_workers)
+    # The chief alone writes checkpoints (and sets a stale one aside); every worker resumes from them.
+    checkpoint = load_checkpoint(checkpoint_dir, wanted, log) if cluster.is_chief else None
+    if several:
+        check_shared_directory(checkpoint_dir, cluster)
+        if not cluster.is_chief:
+            checkpoint = load_checkpoint(checkpoint_dir, wanted, log, read_only=True)
+        agree_on_checkpoint(checkpoint, cluster)
 
     with strategy.scope() if strategy else contextlib.nullcontext():
         model = build_training_model(experiment, info, inputs)
@@ -242,16 +266,18 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
     state = checkpoint.state if checkpoint else {}
     history = list(state.get("history", []))
     initial_epoch = state.get("completed_epochs", 0)
-    data = build_training_inputs(data_dir, info, inputs, per_epoch, initial_epoch)
+    data = build_training_inputs(data_dir, info, inputs, per_epoch, initial_epoch, cluster if several else Cluster())
     if checkpoint:
         log(f"[train] resuming {experiment.name} after epoch {initial_epoch} of {epochs} at optimizer step "
             f"{int(optimizer.iterations.numpy())} from {checkpoint.path}")
         if resume_state:
             resume_state(state)
     checkpointer = Checkpointer(checkpoint_dir, wanted, history, state.get("best", -1.0), state.get("best_epoch"),
-                                extra_state)
+                                extra_state, write=cluster.is_chief)
+    # Among several workers: each epoch's weights are compared across workers before they are checkpointed.
+    sync = WorkerSync(weights_digest, gather, cluster.tag, TrainingError) if several else None
     all_callbacks = [EpochTimer(per_epoch * recipe.batch_size), plateau_callback(recipe.optimizer, recipe.schedule),
-                     checkpointer, ProgressLine(epochs), *callbacks]
+                     sync, checkpointer, ProgressLine(epochs, prefix=cluster.tag), *callbacks]
     started = time.perf_counter()
     if initial_epoch < epochs:
         # An endless stream cut into epochs by steps_per_epoch: Keras never runs out of data,
@@ -264,6 +290,8 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
         with strategy.scope() if strategy else contextlib.nullcontext():
             swap_in_moving_average(model)
     train_time = time.perf_counter() - started + sum(r.get("epoch_time_s", 0) for r in history[:initial_epoch])
+    if several:
+        barrier("trained")  # the chief's last checkpoint, with the best weights, is on disk for every worker
 
     selected, candidates = select_exported_weights(model, checkpointer.best_weights, recipe.ema_decay > 0,
                                                    data.validation, log)
@@ -289,13 +317,31 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
         "mlflow_run_id": None, "registered_model_name": None, "registered_model_version": None,
     }
     model_dir = experiment.paths.model_dir
-    if is_chief():
-        metrics = publish(model, experiment, history, metrics, model_dir, before_publish)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
+    if cluster.is_chief:
+        with outside_distribution():  # the chief exports alone (components/compat.py, workaround 3)
+            metrics = publish(model, experiment, history, metrics, model_dir, before_publish)
+    if several:
+        barrier("published")  # no worker reads the checkpoints any more
+    if cluster.is_chief:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
     log(f"[train] {experiment.name}: best val_accuracy {metrics['best_val_accuracy']:.4f}, "
         f"{metrics['train_time_s']:.0f} s, {metrics['images_per_s']:,.0f} img/s, weights sha256 {digest}"
-        + (f" -> {model_dir}" if is_chief() else ""))
+        + (f" -> {model_dir}" if cluster.is_chief else ""))
     return TrainResult(experiment.name, model_dir, history, metrics)
+
+
+def _tagged(log: Callable[[str], None], tag: str) -> Callable[[str], None]:
+    """``log`` with each line's ``[train]`` prefix replaced by ``tag`` (``[train 1/2]``)."""
+    return lambda line: log(line.replace("[train]", tag, 1))
+
+
+def agree_on_checkpoint(checkpoint: Checkpoint | None, cluster: Cluster) -> None:
+    """Check, across the workers, that all resume after the same epoch; a TrainingError on
+    every worker otherwise (they would train different steps and block each other)."""
+    completed = gather([checkpoint.state.get("completed_epochs", 0) if checkpoint else 0]).ravel().tolist()
+    if len(set(completed)) > 1:
+        raise TrainingError(f"the workers would resume after different epochs ({completed}, by worker); "
+                            f"they must share train.checkpoints_dir")
 
 
 def swap_in_moving_average(model: keras.Model) -> None:
@@ -320,26 +366,30 @@ def resumable_run_id(experiment: Experiment, settings: TrainSettings) -> str | N
         checkpoint = latest_checkpoint(pathlib.Path(settings.checkpoints_dir) / experiment.name)
     except CheckpointError:
         return None
-    if checkpoint is None or checkpoint.state.get("fingerprint") != fingerprint(experiment,
-                                                                                 input_config(experiment, settings)):
+    wanted = fingerprint(experiment, input_config(experiment, settings), workers=cluster_from_env().num_workers)
+    if checkpoint is None or checkpoint.state.get("fingerprint") != wanted:
         return None
     return checkpoint.state.get("mlflow_run_id")
 
 
-def load_checkpoint(directory: pathlib.Path, wanted: dict, log) -> Checkpoint | None:
+def load_checkpoint(directory: pathlib.Path, wanted: dict, log, read_only: bool = False) -> Checkpoint | None:
     """The newest checkpoint in ``directory`` if it resumes this experiment, else None.
 
     A checkpoint of another model or data set is an error (it would be silently lost
     otherwise); one of the same model with other settings, or in an older trainer's
-    layout, is set aside, and training starts over.
+    layout, is set aside, and training starts over. ``read_only`` (a worker other than
+    the chief, which has set aside what it would not resume): such a checkpoint is an error.
     """
+    if read_only:
+        checkpoint = _latest(directory)
+        if checkpoint is not None and checkpoint.state.get("fingerprint") != wanted:
+            raise TrainingError(f"{checkpoint.path}: a checkpoint of other settings, which the chief did not resume; "
+                                f"do all workers run the same command and params?")
+        return checkpoint
     if (directory / STATE_FILE).exists():  # the layout before epoch directories
         _set_aside(directory, "the checkpoint in {directory} is in an older trainer's layout", log)
         return None
-    try:
-        checkpoint = latest_checkpoint(directory)
-    except CheckpointError as error:
-        raise TrainingError(f"{error}; delete {directory} to start over") from None
+    checkpoint = _latest(directory)
     if checkpoint is None:
         return None
     saved = checkpoint.state.get("fingerprint") or {}
@@ -351,6 +401,13 @@ def load_checkpoint(directory: pathlib.Path, wanted: dict, log) -> Checkpoint | 
         _set_aside(directory, "settings changed since the checkpoint in {directory}", log)
         return None
     return checkpoint
+
+
+def _latest(directory: pathlib.Path) -> Checkpoint | None:
+    try:
+        return latest_checkpoint(directory)
+    except CheckpointError as error:
+        raise TrainingError(f"{error}; delete {directory} to start over") from None
 
 
 def _set_aside(directory: pathlib.Path, reason: str, log) -> None:
