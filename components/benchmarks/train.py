@@ -43,6 +43,9 @@ import numpy as np
 
 
 def add_arguments(parser) -> None:
+    parser.add_argument("--experiment", default=None,
+                        help="take data set, model, recipe, overrides and model hyperparameters from this "
+                             "experiment of params.yaml (e.g. fashion_mnist-lenet5) instead of the three below")
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--recipe", default="fast_onecycle")
@@ -77,7 +80,19 @@ def _op_determinism():
         tf_config.disable_op_determinism()
 
 
-def _stage_run(args, params: dict, backend: str) -> dict:
+def _bench_entry(args, params: dict) -> dict:
+    """The experiment entry the benchmark trains: ``--experiment``'s (any set), or one made
+    of ``--dataset``, ``--model`` and ``--recipe``. Sets ``args.dataset`` and ``args.model``."""
+    if args.experiment:
+        from components.experiments import resolve
+
+        entry = dict(resolve(args.experiment, params).entry)
+        args.dataset, args.model, args.recipe = entry["dataset"], entry["model"], entry["recipe"]
+        return entry
+    return {"dataset": args.dataset, "model": args.model, "recipe": args.recipe}
+
+
+def _stage_run(args, params: dict, backend: str, entry: dict) -> dict:
     """The train stage on a synthetic data set of ``args.dataset``'s shape: its recorded
     steady images/s, per-epoch rates and wall time. Runs alone, before anything else is timed."""
     import yaml
@@ -96,8 +111,8 @@ def _stage_run(args, params: dict, backend: str) -> dict:
                         "train": {**params.get("train", {}), "models_dir": str(root / "models"),
                                   "checkpoints_dir": str(root / "checkpoints"),
                                   "input": {**params.get("train", {}).get("input", {}), "pipeline": args.input}},
-                        "experiments": {"bench": {"dataset": args.dataset, "model": args.model, "recipe": args.recipe,
-                                                  "overrides": {"epochs": args.stage_epochs, "steps": None}}}}
+                        "experiments": {"bench": {**entry, "overrides": {**entry.get("overrides", {}),
+                                                                         "epochs": args.stage_epochs, "steps": None}}}}
         (root / "params.yaml").write_text(yaml.safe_dump(stage_params))
         env = {**os.environ, "KERAS_BACKEND": backend, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
@@ -170,9 +185,10 @@ def run(args) -> dict:
     from components.training.trainer import build_training_model, input_config, loss_and_accuracy
 
     params = load_params(args.params)
+    entry = _bench_entry(args, params)
     # The stage first, alone on the machine: nothing else of the benchmark runs beside it.
-    stage = _stage_run(args, params, backend) if args.stage else None
-    params = {**params, "experiments": {"bench": {"dataset": args.dataset, "model": args.model, "recipe": args.recipe}}}
+    stage = _stage_run(args, params, backend, entry) if args.stage else None
+    params = {**params, "experiments": {"bench": entry}}
     experiment: Experiment = resolve_experiment("bench", params)
     settings = from_dict(TrainSettings, params.get("train"), where="train")
     settings = dataclasses.replace(settings, input={**settings.input, "pipeline": args.input})
@@ -209,7 +225,8 @@ def run(args) -> dict:
     x = (images[:kept].astype(np.float32) - mean) / std
     # the labels the recipe's loss takes: one-hot rows when it smooths labels
     y = np.eye(info["num_classes"], dtype=np.float32)[labels[:kept]] if one_hot_labels(inputs) else labels[:kept]
-    baseline_model = compiled(create_model(args.model, tuple(info["image_shape"]), info["num_classes"]))
+    baseline_model = compiled(create_model(args.model, tuple(info["image_shape"]), info["num_classes"],
+                                           **entry.get("model_hparams", {})))
     # The ceiling: one batch exactly as the stage's input yields it (dtype, labels), kept resident.
     keras.utils.set_random_seed(recipe.seed)
     ceiling_model = compiled(build_training_model(experiment, info, inputs))
@@ -237,7 +254,8 @@ def run(args) -> dict:
     deterministic = images_timed / min(deterministic_times) if deterministic_times else None
     ceiling_rate = images_timed / min(ceiling_times)
     return {
-        "benchmark": "train", "dataset": args.dataset, "model": args.model, "batch_size": batch,
+        "benchmark": "train", "experiment": args.experiment, "dataset": args.dataset, "model": args.model,
+        "recipe": args.recipe, "batch_size": batch,
         "augment": list(inputs.augment), "backend": backend, "input": args.input, "device": device_kind(),
         "ours_images_per_s": round(ours, 1), "keras_numpy_fit_images_per_s": round(baseline, 1),
         "ratio": round(ours / baseline, 3), "target_ratio_min": 1.0,
