@@ -14,12 +14,12 @@ import time
 
 import numpy as np
 import pytest
-import yaml
 
 from components.config import ConfigError
 from components.training.distribute import (Cluster, cluster_from_env, distribution_mode, local_batch_size,
                                             worker_shards, worker_steps_per_epoch)
 from tests.conftest import prepare_synthetic
+from tests.test_training import write_params as training_params
 
 EPOCHS = 4
 GLOBAL_BATCH = 32
@@ -94,19 +94,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def write_params(root: pathlib.Path, data_root: pathlib.Path) -> pathlib.Path:
-    params = {
-        "prepare": {"out_root": str(data_root / "data")},
-        "train": {"models_dir": str(root / "models"), "checkpoints_dir": str(root / "checkpoints"),
-                  "backend": "jax", "deterministic": True},
-        "recipes": {"quick": {"optimizer": {"name": "sgd", "learning_rate": 0.05, "momentum": 0.9},
-                              "schedule": {"name": "cosine"}, "epochs": EPOCHS, "batch_size": GLOBAL_BATCH}},
-        "experiments": {"tiny": {"dataset": "cifar10", "model": "lenet5", "recipe": "quick",
-                                 "model_hparams": {"activation": "relu"}}},
-    }
-    path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
+def write_params(root: pathlib.Path, prepared: pathlib.Path) -> pathlib.Path:
+    """test_training's params (LeNet-5, SGD 0.05 momentum 0.9, cosine, batch 32) on JAX, deterministic,
+    for EPOCHS epochs, with outputs under ``root`` and the prepared data linked in."""
+    (root / "data").symlink_to(prepared / "data")
+    return training_params(root, epochs=EPOCHS, backend="jax", deterministic=True)
 
 
 def launch(params: pathlib.Path, port: int, tag: str, tracking_uri: str | None = None) -> list[subprocess.Popen]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import dataclasses
 import json
 import os
@@ -82,7 +83,7 @@ def _op_determinism():
 
 def _bench_entry(args, params: dict) -> dict:
     """The experiment entry the benchmark trains: ``--experiment``'s (any set), or one made
-    of ``--dataset``, ``--model`` and ``--recipe``. Sets ``args.dataset`` and ``args.model``."""
+    of ``--dataset``, ``--model`` and ``--recipe``, which it sets from the experiment's."""
     if args.experiment:
         from components.experiments import resolve
 
@@ -123,8 +124,6 @@ def _stage_run(args, params: dict, backend: str, entry: dict) -> dict:
         if result.returncode != 0:
             raise SystemExit(f"bench train: the stage run failed ({result.returncode}):\n{result.stderr[-3000:]}")
         metrics = json.loads((root / "models" / "bench" / "train_metrics.json").read_text())
-        import csv
-
         with open(root / "models" / "bench" / "history.csv") as handle:
             epochs = [float(row["images_per_s"]) for row in csv.DictReader(handle)]
     return {"images_per_s": metrics["images_per_s"], "epoch_images_per_s": [round(v, 1) for v in epochs],

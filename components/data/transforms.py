@@ -125,7 +125,7 @@ class PieceWriter:
     keeps every piece sorted (checked: a block that goes back is an error, never a shuffled
     shard). Pieces are named after the part and the shard, so a retried part rewrites the
     same files. :meth:`close` returns ``((split, shard), piece)`` pairs, where the piece is a
-    small dict: file name, first and last index, count and class counts.
+    small dict: file name, first and last index, count, size in bytes and class counts.
     """
 
     def __init__(self, out_dir: str, part_number: int, num_shards: dict[str, int], num_classes: int, seed: int):
