@@ -86,6 +86,26 @@ def has_accelerator() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+# /proc/cpuinfo flags of CPUs with bfloat16 arithmetic in hardware: x86's AVX512-BF16 and
+# AMX-BF16 (Intel Cooper Lake / Sapphire Rapids on, AMD Zen 4 on), Arm's BF16 (Armv8.6).
+# Without them TensorFlow emulates bfloat16, several times slower than float32.
+BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_has_bfloat16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 in hardware (:data:`BFLOAT16_CPU_FLAGS` in
+    ``cpuinfo``'s ``flags``/``Features`` lines). False where the file cannot be read (not Linux)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return not BFLOAT16_CPU_FLAGS.isdisjoint(value.split())
+    except OSError:
+        return False
+    return False
+
+
 def device_kind() -> str:
     """``GPU`` or ``CPU``, for logs and records."""
     return "GPU" if has_accelerator() else "CPU"

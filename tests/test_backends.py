@@ -233,6 +233,10 @@ def test_settings_a_backend_cannot_honour_are_named():
     assert input_config(experiment, TrainSettings(), "jax").pipeline == "device"
     assert input_config(experiment, TrainSettings(), "tensorflow").pipeline == "tfdata"
     assert precision_policy("auto", False, "lenet5") == "float32" and precision_policy("auto", True, "lenet5") == "mixed_float16"
+    # a CPU with bfloat16 in hardware: auto takes it; a GPU still wins; off stays off
+    assert precision_policy("auto", False, "lenet5", cpu_bfloat16=True) == "mixed_bfloat16"
+    assert precision_policy("auto", True, "lenet5", cpu_bfloat16=True) == "mixed_float16"
+    assert precision_policy("off", False, "lenet5", cpu_bfloat16=True) == "float32"
     assert precision_policy("bfloat16", False, "lenet5") == "mixed_bfloat16" and precision_policy("on", False, "lenet5") == "mixed_float16"
     # resnet110v2 overflows float16 (components/models/resnet.py): auto takes bfloat16, float16 is refused
     assert precision_policy("auto", True, "resnet110v2") == "mixed_bfloat16"
@@ -251,3 +255,36 @@ def test_the_stage_names_a_bad_backend_before_any_step(root):
                                 timeout=300)
         assert result.returncode == 1 and message in result.stderr, (settings, result.stderr[-2000:])
         assert "[train] epoch" not in result.stdout and not (root / "models" / "tiny").exists()
+
+
+CPUINFO_X86 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC
+flags\t\t: fpu vme sse sse2 avx avx2 avx512f {extra} xsaves
+bugs\t\t: sysret_ss_attrs
+
+processor\t: 1
+flags\t\t: fpu vme sse sse2 avx avx2 avx512f {extra} xsaves
+"""
+CPUINFO_ARM = """processor\t: 0
+BogoMIPS\t: 50.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics {extra} i8mm
+CPU implementer\t: 0x41
+"""
+
+
+@pytest.mark.parametrize("text, expected", [
+    (CPUINFO_X86.format(extra="avx512_bf16 avx512_vnni"), True),    # AMD Zen 4, Intel Cooper Lake
+    (CPUINFO_X86.format(extra="amx_bf16 amx_tile"), True),          # Intel Sapphire Rapids
+    (CPUINFO_X86.format(extra="avx512_vnni"), False),               # AVX-512 without bfloat16
+    (CPUINFO_ARM.format(extra="bf16"), True),                       # Armv8.6 (Graviton 3)
+    (CPUINFO_ARM.format(extra="sve"), False),
+    ("", False),
+])
+def test_cpu_bfloat16_support_is_read_from_the_cpu_flags(tmp_path, text, expected):
+    from components.backend import cpu_has_bfloat16
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(text)
+    assert cpu_has_bfloat16(cpuinfo) is expected
+    assert cpu_has_bfloat16(tmp_path / "absent") is False  # not Linux: float32, as before

@@ -128,12 +128,12 @@ def test_one_zoo_experiment_runs_alone_under_dvc_beside_the_defaults(repo_copy):
     assert sorted(lock) == [f"evaluate@{name}", f"train@{name}"]
     assert f"zoo/cpu/models/{name}" in [out["path"] for out in lock[f"train@{name}"]["outs"]]
     shown = json.dumps(json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo_copy).stdout))
-    assert f"zoo/cpu/metrics/{name}/test.json" in shown and "metrics/fashion_mnist-lenet5/test.json" in shown
+    assert f"zoo/cpu/metrics/{name}/test.json" in shown and "metrics/fashion_mnist-airbench_small/test.json" in shown
     sh("git", "add", "-A", cwd=repo_copy)
     sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "zoo run", cwd=repo_copy)
     table = sh("dvc", "exp", "show", "--no-pager", "--md", "--only-changed", cwd=repo_copy).stdout + \
         json.dumps(json.loads(sh("dvc", "exp", "show", "--json", cwd=repo_copy).stdout))
-    assert f"zoo/cpu/metrics/{name}/test.json" in table and "metrics/cifar10-resnet20/test.json" in table
+    assert f"zoo/cpu/metrics/{name}/test.json" in table and "metrics/cifar10-airbench/test.json" in table
     again = sh("dvc", "repro", target, cwd=repo_copy)
     assert "Running stage" not in again.stdout
 
@@ -141,7 +141,7 @@ def test_one_zoo_experiment_runs_alone_under_dvc_beside_the_defaults(repo_copy):
 def test_changing_one_experiment_reruns_only_its_stages(repo_copy):
     sh("dvc", "repro", cwd=repo_copy)  # up to date whatever ran before
     params = yaml.safe_load((repo_copy / "params.yaml").read_text())
-    changed = "fashion_mnist-lenet5"
+    changed = "fashion_mnist-airbench_small"
     params["experiments"][changed]["overrides"]["epochs"] = 2
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = sh("dvc", "repro", cwd=repo_copy)
@@ -238,8 +238,8 @@ def test_queued_experiments_run_two_at_once_into_the_projects_mlflow_store(repo_
 
     before = {name: len(runs_of(name)) for name in ("fashion_mnist", "cifar10")}
     # Params no earlier test ran: DVC's run cache would restore those outputs without training.
-    queued = {"q-lenet5-e3": "experiments.fashion_mnist-lenet5.overrides.epochs=3",
-              "q-resnet20-e2": "experiments.cifar10-resnet20.overrides.epochs=2"}
+    queued = {"q-small-e3": "experiments.fashion_mnist-airbench_small.overrides.epochs=3",
+              "q-airbench-e2": "experiments.cifar10-airbench.overrides.epochs=2"}
     for name, override in queued.items():
         sh("dvc", "exp", "run", "--queue", "-n", name, "-S", override, cwd=repo_copy)
     sh("dvc", "queue", "start", "-j", "2", cwd=repo_copy)

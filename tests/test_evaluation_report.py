@@ -37,7 +37,8 @@ def fixture_repo(tmp_path):
                {"experiment": "fmnist_lenet5", "train_time_s": 95.0, "images_per_s": 1900.0,
                 "mlflow_run_id": None, "registered_model_version": None})
     write_json(m / "cifar_resnet20" / "train.json",
-               {"experiment": "cifar_resnet20", "train_time_s": 4000.0, "images_per_s": 190.0})
+               {"experiment": "cifar_resnet20", "train_time_s": 4000.0, "images_per_s": 190.0, "epochs": 80,
+                "precision": "mixed_bfloat16", "device": "CPU"})
     return tmp_path
 
 
@@ -59,6 +60,7 @@ def test_report_renders_from_fixture_metrics(fixture_repo):
     summary = build_report(fixture_repo / "metrics", fixture_repo / "reports",
                            use_mlflow=False, log=lambda *_: None)
     text = summary.read_text()
+    text, seeds = text.split("## Against the seed tutorials' CIFAR-10 table")
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| experiment"))
     assert "| accuracy | tutorial | paper | params | training time | train images/s |" in header
@@ -75,6 +77,14 @@ def test_report_renders_from_fixture_metrics(fixture_repo):
     for chart in ("accuracy_vs_params.png", "accuracy_vs_train_time.png"):
         with Image.open(fixture_repo / "reports" / chart) as image:
             assert image.format == "PNG" and image.size[0] > 300
+    # The seed tutorials' CIFAR-10 table, then every run of the report with what it cost (issue 14).
+    seed_rows = [line for line in seeds.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row.split(" | ")[1] for row in seed_rows[:5]] == ["AlexNet", "VGG", "GoogLeNet", "ResNet", "DenseNet"]
+    assert seed_rows[4] == "| seed 000 | DenseNet | cifar10 | 85.0% | - | 20k steps of 64 | - | GPU |"
+    assert seed_rows[5:] == [
+        "| cifar_resnet20 | resnet20 | cifar10 | 65.43% | 272.5k | 80 epochs, 66.7 min | mixed_bfloat16 | CPU |",
+        "| cifar_lenet5 | lenet5 | cifar10 | 50.12% | 62.0k | -, - | - | - |",
+        "| fmnist_lenet5 | lenet5 | fashion_mnist | 89.12% | 61.7k | -, 95 s | - | - |"]
 
 
 def test_report_takes_run_time_and_champion_from_mlflow(fixture_repo, tmp_path):

@@ -105,7 +105,7 @@ def write_train_metrics(root: pathlib.Path, run_id: str | None, version: str | N
     (root / "models" / EXPERIMENT / "train_metrics.json").write_text(json.dumps({
         "experiment": EXPERIMENT, "dataset": "cifar10", "model": "lenet5", "mlflow_run_id": run_id,
         "mlflow_model_id": model_id, "registered_model_name": MODEL_NAME, "registered_model_version": version, "epochs": 8,
-        "train_time_s": 1.5, "images_per_s": 1000.0}))
+        "train_time_s": 1.5, "images_per_s": 1000.0, "precision": "mixed_bfloat16"}))
 
 
 def run_stage(root: pathlib.Path, tracking_uri: str | None = None, **config):
@@ -139,6 +139,8 @@ def test_evaluate_writes_every_output_logs_to_mlflow_and_promotes(repo, tracking
     assert metrics["params"] == 32 * 32 * 3 * 10 + 10  # one Dense layer
     assert metrics["size_bytes"] == (repo / "models" / EXPERIMENT / "model.keras").stat().st_size
     assert metrics["images_per_s"] > 0 and metrics["latency_ms"] > 0
+    # what the model cost, from the train stage's summary, beside what it scores (issue 14)
+    assert (metrics["train_time_s"], metrics["train_epochs"], metrics["train_precision"]) == (1.5, 8, "mixed_bfloat16")
     assert 0.3 < metrics["accuracy"] <= 1.0  # trained on learnable synthetic classes; chance is 0.1
     assert sorted(metrics["per_class"]) == sorted(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
                                                    "horse", "ship", "truck"])
@@ -170,6 +172,7 @@ def test_evaluate_writes_every_output_logs_to_mlflow_and_promotes(repo, tracking
     assert result["logged"] and result["promoted"] and champion(tracking) == version
     run = tracking["client"].get_run(run_id)
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
+    assert "test_train_time_s" not in run.data.metrics  # the run has its own training time
     assert run.data.tags["evaluation_status"] == "accepted"
     logged = {pathlib.PurePosixPath(a.path).name for a in tracking["client"].list_artifacts(run_id, "evaluation")}
     assert logged == {"test.json", "verdict.json", "confusion.json", "confusion.png", "worst.png"}

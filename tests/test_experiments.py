@@ -118,11 +118,11 @@ def test_train_and_evaluate_resolve_alike(tmp_path):
     params["prepare"]["out_root"] = "elsewhere/shards"
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    experiment, _ = load_experiment("cifar10-resnet20", str(path))
-    assert experiment.paths == resolve("cifar10-resnet20", params).paths
+    experiment, _ = load_experiment("cifar10-airbench", str(path))
+    assert experiment.paths == resolve("cifar10-airbench", params).paths
     assert experiment.paths.data == pathlib.Path("elsewhere/shards/cifar10")
-    assert experiment.registered_model_name == "cifar10-resnet20"
+    assert experiment.registered_model_name == "cifar10-airbench"
     params["train"]["data_root"] = "data/tfrecords"  # gone: one key says where the data is
     path.write_text(yaml.safe_dump(params))
     with pytest.raises(ConfigError, match=r"train: unknown key\(s\) \['data_root'\]"):
-        load_experiment("cifar10-resnet20", str(path))
+        load_experiment("cifar10-airbench", str(path))

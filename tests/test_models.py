@@ -234,6 +234,13 @@ def test_lenet5_has_exactly_61706_parameters():
     assert build("lenet5", (28, 28, 1)).count_params() == 61_706
 
 
+def test_airbench_small_is_in_lenet5s_size_class():
+    """Issue 14's Fashion-MNIST goal is for a LeNet-5-class model: at most 100k parameters."""
+    assert build("airbench_small", (28, 28, 1)).count_params() == 93_538
+    # The same design at the paper's widths (64, 256, 256): airbench94's network.
+    assert build("airbench_small", (32, 32, 3), widths=[64, 256, 256]).count_params() == 1_973_954
+
+
 def test_resnet_projection_shortcut_is_available_and_close_to_the_paper():
     params = build("resnet20", (32, 32, 3), shortcut="projection").count_params()
     assert abs(params - 0.27e6) / 0.27e6 <= 0.03

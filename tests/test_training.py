@@ -112,7 +112,7 @@ def test_a_bad_zoo_entry_fails_any_experiments_first_stage_naming_it(tmp_path, e
     """A typo in the 32nd zoo entry stops the train stage of any experiment of any set."""
     path = _params_with_zoo_entry(tmp_path, entry)
     with pytest.raises(ConfigError, match=message):
-        load_experiment("fashion_mnist-lenet5", str(path))
+        load_experiment("fashion_mnist-airbench_small", str(path))
 
 
 def _params_with_zoo_entry(tmp_path, entry) -> pathlib.Path:
@@ -125,7 +125,7 @@ def _params_with_zoo_entry(tmp_path, entry) -> pathlib.Path:
 
 def test_the_train_stage_refuses_a_bad_zoo_entry_before_anything_trains(tmp_path):
     path = _params_with_zoo_entry(tmp_path, {"model": "vgg61"})
-    result = subprocess.run([sys.executable, "-m", "pipeline.train", "--experiment", "cifar10-resnet20",
+    result = subprocess.run([sys.executable, "-m", "pipeline.train", "--experiment", "cifar10-airbench",
                              "--params", str(path), "--no-tracking"], cwd=tmp_path, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
     assert result.returncode == 1 and "z-cpu" in result.stderr, result.stderr
@@ -461,4 +461,9 @@ def test_bench_train_measures_the_stage_against_the_compute_ceiling(prepared, tm
     assert figures["ratio_to_ceiling"] == round(figures["stage_images_per_s"] / figures["ceiling_images_per_s"], 3)
     assert figures["ours_to_ceiling"] == round(figures["ours_images_per_s"] / figures["ceiling_images_per_s"], 3)
     assert figures["target_ratio_to_ceiling_min"] == 0.95
+    from components.backend import cpu_has_bfloat16
+
+    # the ceiling computes in the stage's precision: train.mixed_precision (auto) as the trainer resolves it
+    assert figures["stage_images"] == 1280
+    assert figures["precision"] == ("mixed_bfloat16" if cpu_has_bfloat16() else "float32")
     assert not list(REPO.glob("metrics/bench")) and not list(REPO.glob("models/bench"))  # all in a scratch directory

@@ -3,8 +3,10 @@ and against the compute ceiling, and what ``train.deterministic`` costs.
 
 Stage (``--stage``, on by default): the train stage itself (``python -m pipeline.train``, in
 a subprocess, tracked by MLflow into a scratch store, every callback and the validation
-of each epoch) on a synthetic data set of the dataset's shape (``--stage-images``, prepared
-by the real prepare stage), ``--stage-epochs`` epochs; its steady images/s is what the
+of each epoch) on a synthetic data set of the dataset's shape and size (``--stage-images``,
+by default as many as the prepared data set's train and validation splits, so an epoch is as
+long as a real one: at 6,400 images LeNet-5's epoch is 50 steps, half a second, and the
+epoch's fixed costs weigh 10-20%), prepared by the real prepare stage, ``--stage-epochs`` epochs; its steady images/s is what the
 stage records (``images_per_s`` of ``train_metrics.json``: the median training pass after
 the first epoch, which traces). Ceiling: the same model, batch and compiled step on one
 batch of tensors already resident, no input pipeline, no callbacks (TensorFlow: the
@@ -57,8 +59,9 @@ def add_arguments(parser) -> None:
                         help="our input pipeline: tf.data (TensorFlow only) or device-resident")
     parser.add_argument("--stage", action=argparse.BooleanOptionalAction, default=True,
                         help="also run the train stage itself for ratio_to_ceiling (minutes)")
-    parser.add_argument("--stage-images", type=int, default=6400,
-                        help="synthetic training-set size for the stage run (a tenth is carved for validation)")
+    parser.add_argument("--stage-images", type=int, default=None,
+                        help="synthetic training-set size for the stage run (a tenth is carved for validation); "
+                             "default: the prepared data set's train + validation examples")
     parser.add_argument("--stage-epochs", type=int, default=3, help="epochs of the stage run (the first traces)")
 
 
@@ -99,13 +102,20 @@ def _stage_run(args, params: dict, backend: str, entry: dict) -> dict:
     import yaml
 
     from components.data.prepare import PrepareConfig, SyntheticConfig, prepare_dataset
+    from components.experiments import resolve
+    from components.inputs.shards import check_prepared, num_examples
 
+    images = args.stage_images
+    if images is None:  # as many as the real data set: its train and validation splits
+        info = check_prepared(resolve("bench", {**params, "experiments": {"bench": entry}}).paths.data,
+                              ("train", "validation"), mode="none")
+        images = num_examples(info, "train") + num_examples(info, "validation")
     repo = pathlib.Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory(prefix="bench-train-stage-") as scratch:
         root = pathlib.Path(scratch)
         config = PrepareConfig(source="synthetic", direct_running_mode="in_memory", direct_num_workers=1,
-                               synthetic=SyntheticConfig(train_examples=args.stage_images,
-                                                         test_examples=max(args.stage_images // 10, 100)))
+                               synthetic=SyntheticConfig(train_examples=images,
+                                                         test_examples=max(images // 10, 100)))
         prepare_dataset(args.dataset, config, raw_dir=str(root / "raw"), out_dir=str(root / "data" / args.dataset),
                         log=lambda *_: None)
         stage_params = {**params, "prepare": {**params.get("prepare", {}), "out_root": str(root / "data")},
@@ -127,7 +137,7 @@ def _stage_run(args, params: dict, backend: str, entry: dict) -> dict:
         with open(root / "models" / "bench" / "history.csv") as handle:
             epochs = [float(row["images_per_s"]) for row in csv.DictReader(handle)]
     return {"images_per_s": metrics["images_per_s"], "epoch_images_per_s": [round(v, 1) for v in epochs],
-            "wall_s": round(wall, 1)}
+            "wall_s": round(wall, 1), "images": images}
 
 
 def _ceiling(model, x, y, backend: str):
@@ -172,7 +182,7 @@ def run(args) -> dict:
 
     import keras
 
-    from components.backend import device_kind
+    from components.backend import cpu_has_bfloat16, device_kind, has_accelerator
     from components.config import from_dict, load_params
     from components.inputs.arrays import read_split
     from components.inputs.config import one_hot_labels
@@ -181,7 +191,7 @@ def run(args) -> dict:
     from components.training.config import Experiment, TrainSettings, resolve_experiment
     from components.training.inputs import build_training_inputs
     from components.training.schedules import build_optimizer
-    from components.training.trainer import build_training_model, input_config, loss_and_accuracy
+    from components.training.trainer import build_training_model, input_config, loss_and_accuracy, precision_policy
 
     params = load_params(args.params)
     entry = _bench_entry(args, params)
@@ -191,6 +201,10 @@ def run(args) -> dict:
     experiment: Experiment = resolve_experiment("bench", params)
     settings = from_dict(TrainSettings, params.get("train"), where="train")
     settings = dataclasses.replace(settings, input={**settings.input, "pipeline": args.input})
+    # The stage's arithmetic (train.mixed_precision resolved as the trainer resolves it), so the
+    # ceiling and the fits below compute in the same precision as the stage run.
+    policy = precision_policy(settings.mixed_precision, has_accelerator(), experiment.model, cpu_has_bfloat16())
+    keras.mixed_precision.set_global_policy(policy)
     recipe = experiment.recipe
     inputs = input_config(experiment, settings, backend)
     data_dir = experiment.paths.data
@@ -255,7 +269,7 @@ def run(args) -> dict:
     return {
         "benchmark": "train", "experiment": args.experiment, "dataset": args.dataset, "model": args.model,
         "recipe": args.recipe, "batch_size": batch,
-        "augment": list(inputs.augment), "backend": backend, "input": args.input, "device": device_kind(),
+        "augment": list(inputs.augment), "backend": backend, "input": args.input, "device": device_kind(), "precision": policy,
         "ours_images_per_s": round(ours, 1), "keras_numpy_fit_images_per_s": round(baseline, 1),
         "ratio": round(ours / baseline, 3), "target_ratio_min": 1.0,
         # train.deterministic: true against ours (false): the speed it costs (TensorFlow only).
@@ -267,6 +281,7 @@ def run(args) -> dict:
         "stage_images_per_s": stage["images_per_s"] if stage else None,
         "stage_epoch_images_per_s": stage["epoch_images_per_s"] if stage else None,
         "stage_wall_s": stage["wall_s"] if stage else None,
+        "stage_images": stage["images"] if stage else None,
         "ratio_to_ceiling": round(stage["images_per_s"] / ceiling_rate, 3) if stage else None,
         "target_ratio_to_ceiling_min": 0.95,
         "steps_timed": args.steps, "repeats": args.repeats,

@@ -51,8 +51,8 @@ Log = Callable[[str], None]
 def read_train_metrics(path: pathlib.Path, spec: ExperimentRef, log: Log = print) -> dict[str, Any]:
     """``models/<exp>/train_metrics.json`` as a dict; {} (with a warning) when absent.
 
-    Evaluation only needs it for the MLflow run id, LoggedModel id and registered model version.
-    A file that does not parse is an error naming it.
+    Evaluation needs it for the MLflow run id, LoggedModel id and registered model version,
+    and repeats its training time, epochs and precision in the test metrics. A file that does not parse is an error naming it.
     """
     if not path.exists():
         log(f"warning: {path} not found; evaluating without MLflow run id or registered model version")
@@ -170,9 +170,19 @@ def _round(value: Any, digits: int = 6) -> Any:
     return value
 
 
+#: The train stage's figures a test metrics file repeats (from ``train_metrics.json``), so that
+#: one committed file shows what a model cost beside what it scores: training time in seconds,
+#: epochs and the arithmetic it trained in. Not logged to MLflow as test metrics (the run has them).
+TRAINING_KEYS = ("train_time_s", "train_epochs", "train_precision")
+
+
 def metrics_record(spec: ExperimentRef, summary: Mapping[str, Any], speed: Mapping[str, float],
-                   params: int, size_bytes: int) -> dict[str, Any]:
-    """The DVC metrics file's content: flat numbers first, the per-class table last."""
+                   params: int, size_bytes: int, train: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The DVC metrics file's content: flat numbers first, the per-class table last.
+
+    ``train``: the train stage's summary (``train_metrics.json``); its training time, epochs
+    and precision are repeated under :data:`TRAINING_KEYS` (None where it lacks them)."""
+    train = train or {}
     record = {"experiment": spec.name, "dataset": spec.dataset, "model": spec.model}
     for key in ("accuracy", "top5_accuracy", "top_k", "loss", "ece", "macro_precision", "macro_recall",
                 "macro_f1", "examples"):
@@ -181,6 +191,9 @@ def metrics_record(spec: ExperimentRef, summary: Mapping[str, Any], speed: Mappi
     record["latency_ms"] = round(float(speed["latency_ms"]), 3)  # median at batch 1
     record["params"] = int(params)
     record["size_bytes"] = int(size_bytes)  # model.keras on disk
+    record["train_time_s"] = train.get("train_time_s")
+    record["train_epochs"] = train.get("epochs")
+    record["train_precision"] = train.get("precision")
     record["per_class"] = summary["per_class"]
     return json_safe(_round(record))
 
@@ -227,7 +240,7 @@ def evaluate_experiment(spec: ExperimentRef, cfg: EvaluateConfig, experiments: M
     speed = {"images_per_s": images_per_second(predict, fill_batch(images, cfg.batch_size),
                                                cfg.throughput_batches, cfg.warmup_runs),
              "latency_ms": latency_ms(predict, images[0], cfg.latency_runs, cfg.warmup_runs)}
-    record = metrics_record(spec, summary, speed, model.count_params(), paths.model.stat().st_size)
+    record = metrics_record(spec, summary, speed, model.count_params(), paths.model.stat().st_size, train)
 
     # 4. Verdict, on exactly the numbers written.
     verdict = decide(record, limits, baseline, str(paths.accepted) if baseline is not None else None)
@@ -246,7 +259,8 @@ def evaluate_experiment(spec: ExperimentRef, cfg: EvaluateConfig, experiments: M
     # split; champion alias only on acceptance.
     from components.tracking.registry import log_evaluation, promote, test_split
 
-    logged = log_evaluation(run_id, record, paths.evaluation_outputs(), model_id=model_id,
+    test_figures = {key: value for key, value in record.items() if key not in TRAINING_KEYS}
+    logged = log_evaluation(run_id, test_figures, paths.evaluation_outputs(), model_id=model_id,
                             split=test_split(paths.data, spec.dataset) if run_id else None,
                             tags={"evaluation_status": verdict["status"],
                                   "evaluation_reasons": "; ".join(verdict["reasons"])[:4000]},

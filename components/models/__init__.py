@@ -14,6 +14,7 @@ from __future__ import annotations
 
 # Importing the family modules registers their models.
 from components.models import (  # noqa: F401
+    airbench,
     alexnet,
     baseline,
     densenet,

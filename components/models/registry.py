@@ -76,6 +76,7 @@ HPARAM_RULES: dict[str, HparamRule] = {
     "growth_rate": HparamRule(lambda v: _is_int(v) and v > 0, "a positive int"),
     "compression": HparamRule(lambda v: _is_real(v) and 0.0 < v <= 1.0, "a float in (0, 1]"),
     "block_layers": HparamRule(_positive_int_sequence, "a non-empty list of positive ints"),
+    "widths": HparamRule(_positive_int_sequence, "a non-empty list of positive ints (filters per block)"),
 }
 
 

@@ -150,7 +150,8 @@ class TrainSettings:
     backend: Literal["tensorflow", "jax"] = "tensorflow"
     # float16 / bfloat16: mixed precision in that dtype (variables and logits stay float32);
     # on: float16; auto: float16 with a GPU (bfloat16 for the models float16 overflows,
-    # components/models/resnet.py FLOAT16_UNSAFE), float32 on a CPU; off: float32.
+    # components/models/resnet.py FLOAT16_UNSAFE), bfloat16 on a CPU with bfloat16 in hardware
+    # (components/backend.py cpu_has_bfloat16), else float32; off: float32.
     mixed_precision: Literal["auto", "on", "off", "float16", "bfloat16"] = "auto"
     jit_compile: Literal["auto", "on", "off"] = "auto"  # auto: on with a GPU or on JAX (XLA halves TF's CPU speed here)
     # auto: several workers (JAX) when KERAS_DISTRIBUTION_NUM_PROCESSES > 1, Mirrored over several local GPUs
