@@ -1,6 +1,6 @@
 """Stage ``train``: train one experiment of params.yaml, tracked in MLflow.
 
-    python -m pipeline.train --experiment fashion_mnist-lenet5 [--params params.yaml] [--no-tracking] [--verbose]
+    python -m pipeline.train --experiment fashion_mnist-airbench_small [--params params.yaml] [--no-tracking] [--verbose]
 
 Restarted after an interruption (even ``kill -9``), the same command continues from the
 last completed epoch.

@@ -48,7 +48,7 @@ import numpy as np
 def add_arguments(parser) -> None:
     parser.add_argument("--experiment", default=None,
                         help="take data set, model, recipe, overrides and model hyperparameters from this "
-                             "experiment of params.yaml (e.g. fashion_mnist-lenet5) instead of the three below")
+                             "experiment of params.yaml (e.g. cifar10-airbench) instead of the three below")
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--recipe", default="fast_onecycle")
