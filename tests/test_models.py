@@ -239,6 +239,8 @@ def test_airbench_small_is_in_lenet5s_size_class():
     assert build("airbench_small", (28, 28, 1)).count_params() == 93_538
     # The same design at the paper's widths (64, 256, 256): airbench94's network.
     assert build("airbench_small", (32, 32, 3), widths=[64, 256, 256]).count_params() == 1_973_954
+    with pytest.raises(ModelConfigError, match=r"airbench: widths must list 3 blocks' filters, got \[64, 128\]"):
+        create_model("airbench", (32, 32, 3), NUM_CLASSES, widths=[64, 128])
 
 
 def test_resnet_projection_shortcut_is_available_and_close_to_the_paper():
