@@ -6,8 +6,8 @@ a subprocess, tracked by MLflow into a scratch store, every callback and the val
 of each epoch) on a synthetic data set of the dataset's shape and size (``--stage-images``,
 by default as many as the prepared data set's train and validation splits, so an epoch is as
 long as a real one: at 6,400 images LeNet-5's epoch is 50 steps, half a second, and the
-epoch's fixed costs weigh 10-20%), prepared by the real prepare stage, ``--stage-epochs`` epochs; its steady images/s is what the
-stage records (``images_per_s`` of ``train_metrics.json``: the median training pass after
+epoch's fixed costs weigh 10-20%), prepared by the real prepare stage, ``--stage-epochs``
+epochs; its steady images/s is what the stage records (``images_per_s`` of ``train_metrics.json``: the median training pass after
 the first epoch, which traces). Ceiling: the same model, batch and compiled step on one
 batch of tensors already resident, no input pipeline, no callbacks (TensorFlow: the
 model's ``train_step`` in a ``tf.function``, as Keras compiles it, called in a loop; JAX:
@@ -96,20 +96,14 @@ def _bench_entry(args, params: dict) -> dict:
     return {"dataset": args.dataset, "model": args.model, "recipe": args.recipe}
 
 
-def _stage_run(args, params: dict, backend: str, entry: dict) -> dict:
-    """The train stage on a synthetic data set of ``args.dataset``'s shape: its recorded
-    steady images/s, per-epoch rates and wall time. Runs alone, before anything else is timed."""
+def _stage_run(args, params: dict, backend: str, entry: dict, images: int) -> dict:
+    """The train stage on a synthetic data set of ``args.dataset``'s shape and ``images`` examples:
+    its recorded steady images/s, per-epoch rates and wall time. Runs alone, before anything
+    else is timed."""
     import yaml
 
     from components.data.prepare import PrepareConfig, SyntheticConfig, prepare_dataset
-    from components.experiments import resolve
-    from components.inputs.shards import check_prepared, num_examples
 
-    images = args.stage_images
-    if images is None:  # as many as the real data set: its train and validation splits
-        info = check_prepared(resolve("bench", {**params, "experiments": {"bench": entry}}).paths.data,
-                              ("train", "validation"), mode="none")
-        images = num_examples(info, "train") + num_examples(info, "validation")
     repo = pathlib.Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory(prefix="bench-train-stage-") as scratch:
         root = pathlib.Path(scratch)
@@ -186,7 +180,7 @@ def run(args) -> dict:
     from components.config import from_dict, load_params
     from components.inputs.arrays import read_split
     from components.inputs.config import one_hot_labels
-    from components.inputs.shards import check_prepared
+    from components.inputs.shards import check_prepared, num_examples
     from components.models import create_model
     from components.training.config import Experiment, TrainSettings, resolve_experiment
     from components.training.inputs import build_training_inputs
@@ -195,10 +189,15 @@ def run(args) -> dict:
 
     params = load_params(args.params)
     entry = _bench_entry(args, params)
-    # The stage first, alone on the machine: nothing else of the benchmark runs beside it.
-    stage = _stage_run(args, params, backend, entry) if args.stage else None
     params = {**params, "experiments": {"bench": entry}}
     experiment: Experiment = resolve_experiment("bench", params)
+    data_dir = experiment.paths.data
+    info = check_prepared(data_dir, ("train", "validation"), mode="counts" if args.input == "tfdata" else "none")
+    # The stage next, alone on the machine: nothing else of the benchmark runs beside it. By
+    # default as many images as the real data set: its train and validation splits.
+    stage_images = (args.stage_images if args.stage_images is not None
+                    else num_examples(info, "train") + num_examples(info, "validation"))
+    stage = _stage_run(args, params, backend, entry, stage_images) if args.stage else None
     settings = from_dict(TrainSettings, params.get("train"), where="train")
     settings = dataclasses.replace(settings, input={**settings.input, "pipeline": args.input})
     # The stage's arithmetic (train.mixed_precision resolved as the trainer resolves it), so the
@@ -207,9 +206,7 @@ def run(args) -> dict:
     keras.mixed_precision.set_global_policy(policy)
     recipe = experiment.recipe
     inputs = input_config(experiment, settings, backend)
-    data_dir = experiment.paths.data
     batch = recipe.batch_size
-    info = check_prepared(data_dir, ("train", "validation"), mode="counts" if args.input == "tfdata" else "none")
 
     def compiled(model):
         loss, accuracy = loss_and_accuracy(recipe, inputs)
@@ -269,7 +266,8 @@ def run(args) -> dict:
     return {
         "benchmark": "train", "experiment": args.experiment, "dataset": args.dataset, "model": args.model,
         "recipe": args.recipe, "batch_size": batch,
-        "augment": list(inputs.augment), "backend": backend, "input": args.input, "device": device_kind(), "precision": policy,
+        "augment": list(inputs.augment), "backend": backend, "input": args.input, "device": device_kind(),
+        "precision": policy,
         "ours_images_per_s": round(ours, 1), "keras_numpy_fit_images_per_s": round(baseline, 1),
         "ratio": round(ours / baseline, 3), "target_ratio_min": 1.0,
         # train.deterministic: true against ours (false): the speed it costs (TensorFlow only).
