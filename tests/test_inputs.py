@@ -71,10 +71,11 @@ def mnist(tmp_path_factory):
     return prepared_dir(tmp_path_factory, "fashion_mnist")
 
 
-def test_training_batches_have_shapes_dtypes_and_ranges(cifar, mnist):
+@pytest.mark.parametrize("cache", ["none", "decoded"])
+def test_training_batches_have_shapes_dtypes_and_ranges(cifar, mnist, cache):
     for directory, shape in ((cifar, (32, 32, 3)), (mnist, (28, 28, 1))):
         info = check_prepared(directory)
-        config = InputConfig(batch_size=32)
+        config = InputConfig(batch_size=32, cache=cache)
         batches = list(build_dataset(directory, "train", config, training=True))
         assert len(batches) == steps_per_epoch(info, "train", 32, drop_remainder=True)
         for images, labels in batches:
@@ -107,10 +108,11 @@ def test_mixup_gives_soft_labels_that_sum_to_one_and_one_hot_in_evaluation(cifar
     assert one_hot.shape == (64, 10) and set(np.unique(one_hot.numpy())) == {0.0, 1.0}
 
 
-def test_evaluation_sees_every_example_once_in_a_stable_order(cifar, mnist):
+@pytest.mark.parametrize("cache", ["none", "decoded"])
+def test_evaluation_sees_every_example_once_in_a_stable_order(cifar, mnist, cache):
     # training-only knobs set to what would break evaluation if they leaked into it
     config = InputConfig(batch_size=16, augment=["tutorial", "cutout"], drop_remainder=True, repeat=True,
-                         deterministic=False)
+                         deterministic=False, cache=cache)
     for directory in (cifar, mnist):
         for split in ("validation", "test"):
             expected = read_split(directory, split)
@@ -122,13 +124,18 @@ def test_evaluation_sees_every_example_once_in_a_stable_order(cifar, mnist):
             again_images, again_labels = collect(dataset)
             np.testing.assert_array_equal(again_images, images)
             np.testing.assert_array_equal(again_labels, labels)
+            # the same order whatever the cache: evaluation batches do not depend on it
+            records_path = collect(build_dataset(directory, split, dataclasses.replace(config, cache="none"),
+                                                 training=False))
+            np.testing.assert_array_equal(images, records_path[0])
     info = check_prepared(cifar)
     assert len(list(build_dataset(cifar, "test", config, training=False))) == steps_per_epoch(
         info, "test", 16, drop_remainder=False)
 
 
-def test_same_seed_gives_the_same_batches_and_each_epoch_differs(cifar):
-    config = InputConfig(batch_size=32, augment=["standard", "cutout"])
+@pytest.mark.parametrize("cache", ["none", "decoded"])
+def test_same_seed_gives_the_same_batches_and_each_epoch_differs(cifar, cache):
+    config = InputConfig(batch_size=32, augment=["standard", "cutout"], cache=cache)
     first = build_dataset(cifar, "train", config, training=True)
     second = build_dataset(cifar, "train", config, training=True)
     epoch_1 = collect(first)
@@ -160,8 +167,28 @@ def test_memory_and_disk_caches_give_the_same_stream(cifar, tmp_path):
     assert len(list((tmp_path / "cache").glob("cifar10-train-train-*-0of1*.index"))) == 1
 
 
-def test_input_context_gives_per_replica_batches_and_disjoint_files(cifar):
-    config = InputConfig(batch_size=32)
+def test_the_decoded_cache_trains_on_a_new_permutation_of_the_whole_split_each_pass(cifar):
+    """cache: decoded: each training pass (drop_remainder off, no augmentation) holds every
+    example exactly once, shuffled over the whole split rather than a buffer, in a new order
+    each pass, the same passes for the same seed, and it repeats endlessly when asked."""
+    config = InputConfig(batch_size=32, cache="decoded", augment=["none"], drop_remainder=False)
+    expected = collections.Counter(read_split(cifar, "train"))
+    dataset = build_dataset(cifar, "train", config, training=True)
+    passes = [read_pairs(dataset) for _ in range(2)]
+    for seen in passes:
+        assert collections.Counter(seen) == expected
+    in_file_order = read_pairs(build_dataset(cifar, "train", config, training=False))
+    assert passes[0] != in_file_order and passes[1] != passes[0]
+    assert read_pairs(build_dataset(cifar, "train", config, training=True)) == passes[0]
+    batches = [len(labels) for _, labels in build_dataset(cifar, "train", config, training=True)]
+    assert batches == [32] * (sum(expected.values()) // 32) + [sum(expected.values()) % 32]  # the rest kept last
+    endless = build_dataset(cifar, "train", dataclasses.replace(config, repeat=True), training=True)
+    assert len(list(endless.take(3 * len(batches) + 1))) == 3 * len(batches) + 1
+
+
+@pytest.mark.parametrize("cache", ["none", "decoded"])
+def test_input_context_gives_per_replica_batches_and_disjoint_files(cifar, cache):
+    config = InputConfig(batch_size=32, cache=cache)
     parts = []
     for pipeline in range(2):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline,
@@ -226,7 +253,8 @@ def test_config_comes_from_params_and_rejects_bad_values():
            ({"batch_size": 0}, "batch_size must be"), ({"num_parallel_calls": 0}, "AUTOTUNE"),
            ({"augment_params": {"flip_probability": 2}}, "flip_probability"),
            ({"augment_params": {"scale_min": 1.2, "scale_max": 1.1}}, "scale_min"),
-           ({"augment": ["mixup"], "labels": "sparse"}, "needs labels: auto or one_hot")]
+           ({"augment": ["mixup"], "labels": "sparse"}, "needs labels: auto or one_hot"),
+           ({"cache": "decoded", "data_service": "grpc://localhost:5050"}, "with data_service use cache: none")]
     for params, message in bad:
         with pytest.raises(ConfigError, match=message):
             from_dict(InputConfig, params, where="inputs")

@@ -309,7 +309,9 @@ def test_killed_run_resumes_from_last_completed_epoch(prepared, tmp_path):
 
     (tmp_path / "data").symlink_to(prepared / "data")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    params = write_params(tmp_path, epochs=5, deterministic=True)
+    # params.yaml's input and steps per call: the decoded split, 3 steps per call (not a divisor of the epoch)
+    decoded = {"steps_per_execution": 3, "input": {"cache": "decoded"}}
+    params = write_params(tmp_path, epochs=5, deterministic=True, **decoded)
     checkpoints = tmp_path / "checkpoints" / "tiny"
 
     killed = run_train(params, env={"MLFLOW_TRACKING_URI": uri, **killed_at("checkpoint-written:3")})
@@ -328,7 +330,7 @@ def test_killed_run_resumes_from_last_completed_epoch(prepared, tmp_path):
     reference_root = tmp_path / "reference"
     reference_root.mkdir()
     (reference_root / "data").symlink_to(prepared / "data")
-    reference = run_train(write_params(reference_root, epochs=5, deterministic=True), "--no-tracking")
+    reference = run_train(write_params(reference_root, epochs=5, deterministic=True, **decoded), "--no-tracking")
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     model_dir, reference_dir = tmp_path / "models" / "tiny", reference_root / "models" / "tiny"
@@ -404,6 +406,39 @@ def test_deterministic_training_gives_identical_weights(prepared, tmp_path):
         np.testing.assert_array_equal(first, second)
 
 
+def test_execution_steps_fit_the_epoch_where_keras_needs_it():
+    from components.training.inputs import execution_steps
+
+    assert [execution_steps(16, 421, one_pass=True), execution_steps(16, 5, one_pass=True)] == [16, 5]
+    # an endless stream: Keras 3.15 trains whole executions only, so a divisor of the epoch
+    assert [execution_steps(16, n, one_pass=False) for n in (421, 420, 351, 8)] == [1, 15, 13, 8]
+    assert execution_steps(1, 420, one_pass=False) == 1
+
+
+@pytest.mark.parametrize("cache", ["none", "decoded"])
+def test_several_steps_per_call_train_the_same_steps_and_weights_as_one(prepared, tmp_path, cache):
+    """train.steps_per_execution changes how many steps one compiled call runs, not what is
+    trained: with 3 per call (which does not divide the epoch's 18 or 20 steps) each epoch
+    still runs exactly its steps, and the history and weights equal one step per call's."""
+    runs = {}
+    for per_call in (1, 3):
+        root = tmp_path / f"per-call-{per_call}"
+        root.mkdir()
+        (root / "data").symlink_to(prepared / "data")
+        params = write_params(root, epochs=2, deterministic=True, steps_per_execution=per_call,
+                              input={"shuffle_buffer": 1000, "cache": cache})
+        result = run_train(params, "--no-tracking")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"{per_call} step(s) per call" in result.stdout
+        runs[per_call] = (root / "models" / "tiny", steps_per_epoch(result.stdout))
+    (one, steps), (three, _) = runs[1], runs[3]
+    assert steps % 3 != 0
+    assert read_history(three) == read_history(one)
+    # equal weights: an extra step per epoch (Keras' rounding up to whole calls) would change them
+    metrics = [json.loads((d / "train_metrics.json").read_text()) for d in (one, three)]
+    assert metrics[0]["weights_sha256"] == metrics[1]["weights_sha256"]
+
+
 def test_bad_inputs_fail_before_training(prepared, tmp_path):
     params = write_params(tmp_path)  # no data directory: not prepared
     result = run_train(params, "--no-tracking")
@@ -461,6 +496,11 @@ def test_bench_train_measures_the_stage_against_the_compute_ceiling(prepared, tm
     assert figures["ratio_to_ceiling"] == round(figures["stage_images_per_s"] / figures["ceiling_images_per_s"], 3)
     assert figures["ours_to_ceiling"] == round(figures["ours_images_per_s"] / figures["ceiling_images_per_s"], 3)
     assert figures["target_ratio_to_ceiling_min"] == 0.95
+    # params.yaml's 16 steps per call, cut to a divisor of the 3 timed steps; the ceiling runs them
+    # as the stage does, and once more one step per call
+    assert figures["steps_per_call"] == 3 and figures["ceiling_one_step_per_call_images_per_s"] > 0
+    assert figures["ratio_to_one_step_per_call_ceiling"] == round(
+        figures["stage_images_per_s"] / figures["ceiling_one_step_per_call_images_per_s"], 3)
     from components.backend import cpu_has_bfloat16
 
     # the ceiling computes in the stage's precision: train.mixed_precision (auto) as the trainer resolves it

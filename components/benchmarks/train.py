@@ -10,8 +10,10 @@ epoch's fixed costs weigh 10-20%), prepared by the real prepare stage, ``--stage
 epochs; its steady images/s is what the stage records (``images_per_s`` of ``train_metrics.json``: the median training pass after
 the first epoch, which traces). Ceiling: the same model, batch and compiled step on one
 batch of tensors already resident, no input pipeline, no callbacks (TensorFlow: the
-model's ``train_step`` in a ``tf.function``, as Keras compiles it, called in a loop; JAX:
-``fit`` on the same resident arrays every step). ``ratio_to_ceiling`` is the stage's
+model's ``train_step`` in a ``tf.function``, as Keras compiles it, called
+``steps_per_call`` times in each call of one compiled function, as
+``train.steps_per_execution`` has the stage run it; JAX: ``fit`` on the same resident
+arrays every step). ``ratio_to_ceiling`` is the stage's
 steady images/s over the ceiling's.
 
 Ours: the stage's own pieces: the input pipeline (``--input tfdata``: tf.data over the
@@ -134,20 +136,28 @@ def _stage_run(args, params: dict, backend: str, entry: dict, images: int) -> di
             "wall_s": round(wall, 1), "images": images}
 
 
-def _ceiling(model, x, y, backend: str):
+def _ceiling(model, x, y, backend: str, per_call: int = 1):
     """A function ``timed(steps) -> seconds`` running ``steps`` compiled train steps of
-    ``model`` on the resident tensors ``(x, y)``, and nothing else."""
+    ``model`` on the resident tensors ``(x, y)``, and nothing else: ``per_call`` steps in
+    each call of one compiled function (``steps`` a multiple of it), as the stage runs them."""
     if backend == "tensorflow":
         import tensorflow as tf
 
         data = (tf.constant(x), tf.constant(y))
-        # Keras' own step, compiled as Keras compiles it (its one_step_on_data)
+        # Keras' own step, compiled as Keras compiles it (its one_step_on_data), per_call times a call
         step = tf.function(model.train_step, jit_compile=model.jit_compile, reduce_retracing=True)
+
+        @tf.function
+        def steps_of_one_call():
+            logs = step(data)
+            for _ in tf.range(per_call - 1):
+                logs = step(data)
+            return logs
 
         def timed(steps: int) -> float:
             started = time.perf_counter()
-            for _ in range(steps):
-                logs = step(data)
+            for _ in range(steps // per_call):
+                logs = steps_of_one_call()
             float(logs["loss"])  # wait for the last step
             return time.perf_counter() - started
 
@@ -183,7 +193,7 @@ def run(args) -> dict:
     from components.inputs.shards import check_prepared, num_examples
     from components.models import create_model
     from components.training.config import Experiment, TrainSettings, resolve_experiment
-    from components.training.inputs import build_training_inputs
+    from components.training.inputs import build_training_inputs, execution_steps
     from components.training.schedules import build_optimizer
     from components.training.trainer import build_training_model, input_config, loss_and_accuracy, precision_policy
 
@@ -208,10 +218,15 @@ def run(args) -> dict:
     inputs = input_config(experiment, settings, backend)
     batch = recipe.batch_size
 
-    def compiled(model):
+    # Ours and the ceiling run the stage's steps per compiled call (train.steps_per_execution),
+    # on an endless stream cut into fits of args.steps steps: a divisor of args.steps.
+    per_call = execution_steps(settings.steps_per_execution, args.steps, one_pass=False)
+
+    def compiled(model, steps_per_execution: int = per_call):
         loss, accuracy = loss_and_accuracy(recipe, inputs)
         model.compile(optimizer=build_optimizer(recipe.optimizer, 0.01), loss=loss, metrics=[accuracy],
-                      jit_compile=backend == "jax")  # as the trainer: JAX always compiles
+                      jit_compile=backend == "jax",  # as the trainer: JAX always compiles
+                      steps_per_execution=steps_per_execution)
         return model
 
     def ours_pipeline(config):
@@ -236,22 +251,30 @@ def run(args) -> dict:
     # the labels the recipe's loss takes: one-hot rows when it smooths labels
     y = np.eye(info["num_classes"], dtype=np.float32)[labels[:kept]] if one_hot_labels(inputs) else labels[:kept]
     baseline_model = compiled(create_model(args.model, tuple(info["image_shape"]), info["num_classes"],
-                                           **entry.get("model_hparams", {})))
+                                           **entry.get("model_hparams", {})), steps_per_execution=1)  # tutorials'
     # The ceiling: one batch exactly as the stage's input yields it (dtype, labels), kept resident.
     keras.utils.set_random_seed(recipe.seed)
     ceiling_model = compiled(build_training_model(experiment, info, inputs))
     first_batch = next(iter(ours_data)) if args.input == "tfdata" else ours_data[0]
-    ceiling = _ceiling(ceiling_model, *(keras.ops.convert_to_numpy(part) for part in first_batch[:2]), backend)
+    resident = [keras.ops.convert_to_numpy(part) for part in first_batch[:2]]
+    ceiling = _ceiling(ceiling_model, *resident, backend, per_call)
+    # The same with one step per call (what the stage ran before train.steps_per_execution)
+    per_step_ceiling = _ceiling(ceiling_model, *resident, backend) if per_call > 1 else None
 
-    _timed_fit(ours_model, ours_data, 3)  # warm-up: tracing and first batches
-    ceiling(3)
+    warm_up = per_call * max(1, -(-3 // per_call))  # tracing and first batches: whole calls, 3 steps or more
+    _timed_fit(ours_model, ours_data, warm_up)
+    ceiling(warm_up)
+    if per_step_ceiling:
+        per_step_ceiling(warm_up)
     baseline_model.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=3, verbose=0)
     if measure_determinism:
         with _op_determinism():
-            _timed_fit(deterministic_model, deterministic_data, 3)
-    ours_times, baseline_times, deterministic_times, ceiling_times = [], [], [], []
+            _timed_fit(deterministic_model, deterministic_data, warm_up)
+    ours_times, baseline_times, deterministic_times, ceiling_times, per_step_times = [], [], [], [], []
     for _ in range(args.repeats):
         ceiling_times.append(ceiling(args.steps))
+        if per_step_ceiling:
+            per_step_times.append(per_step_ceiling(args.steps))
         ours_times.append(_timed_fit(ours_model, ours_data, args.steps))
         started = time.perf_counter()
         baseline_model.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=args.steps, verbose=0, shuffle=True)
@@ -263,11 +286,12 @@ def run(args) -> dict:
     ours, baseline = images_timed / min(ours_times), images_timed / min(baseline_times)
     deterministic = images_timed / min(deterministic_times) if deterministic_times else None
     ceiling_rate = images_timed / min(ceiling_times)
+    per_step_rate = images_timed / min(per_step_times) if per_step_times else ceiling_rate
     return {
         "benchmark": "train", "experiment": args.experiment, "dataset": args.dataset, "model": args.model,
         "recipe": args.recipe, "batch_size": batch,
         "augment": list(inputs.augment), "backend": backend, "input": args.input, "device": device_kind(),
-        "precision": policy,
+        "precision": policy, "steps_per_call": per_call,
         "ours_images_per_s": round(ours, 1), "keras_numpy_fit_images_per_s": round(baseline, 1),
         "ratio": round(ours / baseline, 3), "target_ratio_min": 1.0,
         # train.deterministic: true against ours (false): the speed it costs (TensorFlow only).
@@ -282,5 +306,9 @@ def run(args) -> dict:
         "stage_images": stage["images"] if stage else None,
         "ratio_to_ceiling": round(stage["images_per_s"] / ceiling_rate, 3) if stage else None,
         "target_ratio_to_ceiling_min": 0.95,
+        # The compiled step called once per step from Python: the ceiling of a stage without
+        # steps_per_execution (the figures before it), and the stage against it.
+        "ceiling_one_step_per_call_images_per_s": round(per_step_rate, 1),
+        "ratio_to_one_step_per_call_ceiling": round(stage["images_per_s"] / per_step_rate, 3) if stage else None,
         "steps_timed": args.steps, "repeats": args.repeats,
     }

@@ -6,8 +6,13 @@
   without TensorFlow (:mod:`components.inputs.arrays`), sent to the device as uint8, and
   every batch drawn and augmented there (:mod:`components.inputs.device`).
 
-Both give ``fit`` an endless stream cut into epochs by ``steps_per_epoch`` and a finite
-validation set holding every example once. TensorFlow is imported only for ``tfdata``.
+``fit`` gets a finite validation set holding every example once, ``steps_per_epoch`` and
+for training either one pass (``tfdata``: a data set of exactly ``steps_per_epoch``
+batches; Keras 3.15 makes a new iterator, which draws the next pass, when one ends, and
+runs a last, shorter execution when ``steps_per_execution`` does not divide the epoch) or
+an endless stream cut into epochs by ``steps_per_epoch`` (``device``, the tf.data
+service, or ``repeat`` asked for; there Keras 3.15 rounds every epoch up to whole
+executions, see :func:`execution_steps`). TensorFlow is imported only for ``tfdata``.
 
 Among several workers (``device`` only, on JAX: :mod:`components.training.distribute`) each
 worker draws its local share of every global batch from its own train shard files, in its
@@ -29,8 +34,30 @@ from components.training.distribute import Cluster, local_batch_size, worker_sha
 class TrainingInputs:
     """What ``fit`` trains and validates on."""
 
-    train: object  # endless: per_epoch batches make one epoch
+    train: object  # one epoch's pass (one_pass_per_iteration), else endless: per_epoch batches make one epoch
     validation: object  # finite: every validation example once, in a fixed order
+
+
+def one_pass_per_iteration(inputs: InputConfig) -> bool:
+    """Whether :func:`build_training_inputs` gives ``fit`` one epoch's pass for ``inputs``
+    (each iterator a new pass): tf.data, unless the stream is endless (``repeat``) or comes
+    through the tf.data service (whose passes vary in length)."""
+    return inputs.pipeline == "tfdata" and not inputs.data_service and not inputs.repeat
+
+
+def execution_steps(setting: int, per_epoch: int, one_pass: bool) -> int:
+    """Train steps per compiled call (Keras' ``steps_per_execution``) for ``train.steps_per_execution``.
+
+    With one pass per epoch (``one_pass``) Keras ends each epoch's last execution at the
+    end of its pass, so any value works: at most the epoch. On an endless stream cut by
+    ``steps_per_epoch``, Keras 3.15 runs whole executions only
+    (``EpochIterator._enumerate_iterator``: 7 steps in executions of 4 train 8), so it is
+    the largest divisor of ``per_epoch`` not above ``setting``, which keeps every epoch
+    exactly ``per_epoch`` steps (1 when ``per_epoch`` is prime).
+    """
+    if one_pass:
+        return max(1, min(setting, per_epoch))
+    return max(d for d in range(1, min(setting, per_epoch) + 1) if per_epoch % d == 0)
 
 
 def build_training_inputs(data_dir: pathlib.Path, info: dict, inputs: InputConfig, per_epoch: int,
@@ -82,30 +109,40 @@ def _tfdata_inputs(data_dir: pathlib.Path, info: dict, inputs: InputConfig, per_
     validation_batches = steps_per_epoch(info, "validation", inputs.batch_size, drop_remainder=False)
     validation = build_dataset(data_dir, "validation", inputs, training=False).apply(
         tf.data.experimental.assert_cardinality(validation_batches))
-    return TrainingInputs(one_pass_per_epoch(train, per_epoch, completed_epochs, exact=not inputs.data_service),
+    one_pass = one_pass_per_iteration(inputs)
+    return TrainingInputs(epoch_passes(train, per_epoch, completed_epochs, one_pass, exact=not inputs.data_service),
                           validation)
 
 
-def one_pass_per_epoch(train_data, per_epoch: int, completed_epochs: int, exact: bool = True):
-    """The endless stream ``fit`` trains on: ``train_data``'s passes one after another, each
-    checked (``exact``) to hold exactly ``per_epoch`` batches, the first being epoch
-    ``completed_epochs + 1``'s. Through the tf.data service a pass's count varies (each
-    service worker drops its own last partial batch), so there it is not checked and an
-    epoch is ``per_epoch`` batches of the stream.
+def epoch_passes(train_data, per_epoch: int, completed_epochs: int, one_pass: bool = True, exact: bool = True):
+    """What ``fit`` trains on: ``train_data``'s passes, each checked (``exact``) to hold
+    exactly ``per_epoch`` batches, the first being epoch ``completed_epochs + 1``'s.
+
+    ``one_pass``: one pass, of known length ``per_epoch``: with ``steps_per_epoch`` given,
+    Keras 3.15 makes one iterator for the first epoch and a new one (the next pass) each
+    time one has given the data set's length (``EpochIterator._enumerate_iterator``), so
+    epoch e trains on the e-th iterator. (Without ``steps_per_epoch`` it would make two
+    per epoch, one never read.) Otherwise the passes one after another as one endless
+    stream. Through the tf.data service a pass's count varies (each service
+    worker drops its own last partial batch), so it is not checked and an epoch is
+    ``per_epoch`` batches of the stream; an already endless ``train_data`` (``repeat``) is
+    taken as it is.
 
     Each pass draws its own shuffle and augmentation seeds from streams that start afresh
-    in every process; Keras keeps one iterator over the stream, so epoch e trains on the
-    e-th draw. A resumed run first moves the streams on by ``completed_epochs`` (making an
-    iterator draws a pass's seeds; no data is read), so it does not replay epoch 1's
-    order. (With ``cache`` on, the cached file order is the first pass the process
-    completes, so it still differs from the uninterrupted run's.) With ``steps_per_epoch``
-    given, Keras also never steps into an exhausted iterator: on a finite data set of
-    unknown size Keras 3.15 does, once per epoch, and counts an optimizer step that
-    updates nothing but moves the learning-rate schedule on.
+    in every process, so epoch e trains on the e-th draw. A resumed run first moves the
+    streams on by ``completed_epochs`` (making an iterator draws a pass's seeds; no data
+    is read), so it does not replay epoch 1's order. (With ``cache: memory`` or ``disk``,
+    the cached file order is the first pass the process completes, so it still differs
+    from the uninterrupted run's.) The pass's length is asserted, so Keras never steps
+    into an exhausted iterator: on a finite data set of unknown size Keras 3.15 does, once
+    per epoch, and counts an optimizer step that updates nothing but moves the
+    learning-rate schedule on.
     """
     import tensorflow as tf
 
-    one_pass = train_data.apply(tf.data.experimental.assert_cardinality(per_epoch)) if exact else train_data
+    if train_data.cardinality() == tf.data.INFINITE_CARDINALITY:
+        return train_data
+    checked = train_data.apply(tf.data.experimental.assert_cardinality(per_epoch)) if exact else train_data
     for _ in range(completed_epochs):
-        iter(one_pass)
-    return one_pass.repeat()
+        iter(checked)
+    return checked if one_pass else checked.repeat()

@@ -55,7 +55,7 @@ from components.training.config import Experiment, RecipeConfig, TrainSettings
 from components.training.distribute import (Cluster, barrier, check_shared_directory, cluster_from_env,
                                             distribution_mode, gather, local_batch_size, make_strategy,
                                             start_workers, worker_shards, worker_steps_per_epoch)
-from components.training.inputs import build_training_inputs
+from components.training.inputs import build_training_inputs, execution_steps, one_pass_per_iteration
 from components.training.schedules import build_optimizer, build_schedule, plateau_callback
 
 
@@ -209,8 +209,9 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
     data_dir = experiment.paths.data
     inputs = input_config(experiment, settings, backend)
     check_backend_settings(experiment, settings, inputs, backend)
-    # The device pipeline checks every record as it reads the split (components/inputs/arrays.py).
-    verify = "none" if inputs.pipeline == "device" else inputs.verify_shards
+    # The device pipeline and the decoded cache check every record as they read the split
+    # (components/inputs/arrays.py).
+    verify = "none" if inputs.pipeline == "device" or inputs.cache == "decoded" else inputs.verify_shards
     try:
         info = check_prepared(data_dir, ("train", "validation"), mode=verify)
     except DataError as error:
@@ -242,11 +243,13 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
     per_epoch = min(per_epoch, recipe.steps) if recipe.steps else per_epoch
     replicas = (strategy.num_replicas_in_sync if strategy
                 else len(keras.distribution.list_devices()) if several else 1)
+    per_call = execution_steps(settings.steps_per_execution, per_epoch, one_pass_per_iteration(inputs))
     log(f"[train] {experiment.name}: {experiment.model} on {experiment.dataset}, recipe {experiment.recipe_name}, "
         f"{epochs} epochs x {per_epoch} steps of {recipe.batch_size}, {replicas} replica(s), "
         + (f"{cluster.num_workers} workers (this is worker {cluster.worker}), " if several else "") +
         f"{'GPU' if accelerator else 'CPU'}, backend {backend}, input {inputs.pipeline}, precision {policy}, "
-        f"XLA {'on' if jit else 'off'}, deterministic {'on' if settings.deterministic else 'off'}")
+        f"XLA {'on' if jit else 'off'}, deterministic {'on' if settings.deterministic else 'off'}, "
+        f"{per_call} step(s) per call")
 
     checkpoint_dir = pathlib.Path(settings.checkpoints_dir) / experiment.name
     wanted = fingerprint(experiment, inputs, backend, cluster.num_workers)
@@ -263,7 +266,8 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
         schedule = build_schedule(recipe.optimizer, recipe.schedule, per_epoch, epochs)
         optimizer = build_optimizer(recipe.optimizer, schedule, recipe.ema_decay)
         loss, accuracy = loss_and_accuracy(recipe, inputs)
-        model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy], jit_compile=jit)
+        model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy], jit_compile=jit,
+                      steps_per_execution=per_call)
         if checkpoint:
             optimizer.build(model.trainable_variables)
             model.load_weights(str(checkpoint.weights))  # the optimizer's variables too: step, slots, average
@@ -285,9 +289,10 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
                      sync, checkpointer, ProgressLine(epochs, prefix=cluster.tag), *callbacks]
     started = time.perf_counter()
     if initial_epoch < epochs:
-        # An endless stream cut into epochs by steps_per_epoch: Keras never runs out of data,
-        # so it never warns that it did. shuffle=False: the inputs shuffle themselves, and
-        # Keras' shuffle applies to arrays only (for a data set it only warns).
+        # One pass of exactly per_epoch batches (a new pass each epoch), or an endless stream
+        # cut into epochs (components/training/inputs.py): either way Keras never runs out of
+        # data, so it never warns that it did. shuffle=False: the inputs shuffle themselves,
+        # and Keras' shuffle applies to arrays only (for a data set it only warns).
         model.fit(data.train, steps_per_epoch=per_epoch, validation_data=data.validation, epochs=epochs,
                   initial_epoch=initial_epoch, callbacks=[c for c in all_callbacks if c is not None], verbose=0,
                   shuffle=False)
@@ -317,6 +322,7 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
         "params": int(model.count_params()),
         "replicas": replicas, "backend": backend, "input_pipeline": inputs.pipeline,
         "mixed_precision": policy != "float32", "precision": policy, "jit_compile": jit,
+        "steps_per_execution": per_call,
         "deterministic": settings.deterministic, "device": "GPU" if accelerator else "CPU",
         # Filled in by the MLflow edge (before_publish) when tracking is on.
         "mlflow_run_id": None, "registered_model_name": None, "registered_model_version": None,
