@@ -314,3 +314,5 @@ def test_benchmark_runs_and_reports_both_sides(cifar):
     assert result["ours_images_per_s"] > 0 and result["baseline_images_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["ours_images_per_s"] / result["baseline_images_per_s"], rel=0.01)
     assert "every epoch" in result["ours_source"]
+    assert result["ratio_decoded"] == pytest.approx(result["ours_decoded_images_per_s"] / result["baseline_images_per_s"],
+                                                    rel=0.01)
