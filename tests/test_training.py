@@ -1,6 +1,7 @@
 """The train stage: recipes, schedules, MLflow records, resume after kill -9 (several workers: test_multi_worker.py)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -415,6 +416,43 @@ def test_execution_steps_fit_the_epoch_where_keras_needs_it():
     assert execution_steps(1, 420, one_pass=False) == 1
 
 
+def test_blocks_stack_each_pass_and_follow_one_pass_with_the_next(prepared):
+    """With ``block``, fit's input is the same passes (the same batches in the same order,
+    a new pass per epoch, the first the resumed epoch's) stacked ``block`` batches at a time,
+    the last block of a pass shorter, one pass after another; only where blocks help."""
+    from components.inputs import InputConfig, check_prepared, steps_per_epoch
+    from components.training.inputs import build_training_inputs, execution_blocks
+
+    data_dir = prepared / "data" / "cifar10"
+    info = check_prepared(data_dir)
+    config = InputConfig(batch_size=64, cache="decoded", augment=["standard"], pipeline="tfdata")
+    per_epoch = steps_per_epoch(info, "train", 64, drop_remainder=True)
+    assert per_epoch == 8  # blocks of 3: 3 + 3 + 2 a pass
+
+    def batches(block, completed=0, passes=2):
+        train = build_training_inputs(data_dir, info, config, per_epoch, completed, block=block).train
+        if not block:
+            return [batch for _ in range(passes) for batch in train]  # one pass per iteration
+        stacked = list(train.take(passes * 3))
+        assert [len(labels) for _, labels in stacked] == [3, 3, 2] * passes
+        return [(images[i], labels[i]) for images, labels in stacked for i in range(len(labels))]
+
+    def same(first, second):
+        assert len(first) == len(second) == 2 * per_epoch
+        for (images, labels), (other_images, other_labels) in zip(first, second, strict=True):
+            np.testing.assert_array_equal(images, other_images)
+            np.testing.assert_array_equal(labels, other_labels)
+
+    same(batches(3), batches(0))
+    same(batches(3, completed=3), batches(0, completed=3))  # a resumed run's passes
+    assert not np.array_equal(batches(3, completed=1)[0][0], batches(3)[0][0])
+    assert execution_blocks(config, 16, distributed=False) == 16
+    assert execution_blocks(config, 1, distributed=False) == 0  # one step per call: Keras' own function
+    assert execution_blocks(config, 16, distributed=True) == 0  # several replicas: Keras' own function
+    for endless in ({"repeat": True}, {"pipeline": "device"}):
+        assert execution_blocks(dataclasses.replace(config, **endless), 16, distributed=False) == 0
+
+
 @pytest.mark.parametrize("cache", ["none", "decoded"])
 def test_several_steps_per_call_train_the_same_steps_and_weights_as_one(prepared, tmp_path, cache):
     """train.steps_per_execution changes how many steps one compiled call runs, not what is
@@ -430,6 +468,8 @@ def test_several_steps_per_call_train_the_same_steps_and_weights_as_one(prepared
         result = run_train(params, "--no-tracking")
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"{per_call} step(s) per call" in result.stdout
+        # 3 per call: one input block per call, our train function (components/training/blocks.py)
+        assert ("one input block per call" in result.stdout) == (per_call > 1)
         runs[per_call] = (root / "models" / "tiny", steps_per_epoch(result.stdout))
     (one, steps), (three, _) = runs[1], runs[3]
     assert steps % 3 != 0
@@ -437,6 +477,18 @@ def test_several_steps_per_call_train_the_same_steps_and_weights_as_one(prepared
     # equal weights: an extra step per epoch (Keras' rounding up to whole calls) would change them
     metrics = [json.loads((d / "train_metrics.json").read_text()) for d in (one, three)]
     assert metrics[0]["weights_sha256"] == metrics[1]["weights_sha256"]
+
+
+def test_under_a_mirrored_strategy_keras_own_function_takes_the_batches(prepared, tmp_path):
+    """Blocks are for one device: under tf.distribute's MirroredStrategy (here one CPU
+    replica) the input stays one batch per element and Keras' own train function runs."""
+    (tmp_path / "data").symlink_to(prepared / "data")
+    params = write_params(tmp_path, epochs=1, distribute="mirrored", steps_per_execution=3,
+                          input={"cache": "decoded"})
+    result = run_train(params, "--no-tracking")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "3 step(s) per call" in result.stdout and "one input block per call" not in result.stdout
+    assert json.loads((tmp_path / "models" / "tiny" / "train_metrics.json").read_text())["steps_per_execution"] == 3
 
 
 def test_bad_inputs_fail_before_training(prepared, tmp_path):
@@ -494,6 +546,8 @@ def test_bench_train_measures_the_stage_against_the_compute_ceiling(prepared, tm
     assert figures["stage_images_per_s"] == figures["stage_epoch_images_per_s"][1]  # the steady one: after the first
     assert figures["ceiling_images_per_s"] > 0 and figures["stage_wall_s"] > 0
     assert figures["ratio_to_ceiling"] == round(figures["stage_images_per_s"] / figures["ceiling_images_per_s"], 3)
+    # best against best: the stage's best epoch after the first (here the only one)
+    assert figures["best_epoch_ratio_to_ceiling"] == figures["ratio_to_ceiling"]
     assert figures["ours_to_ceiling"] == round(figures["ours_images_per_s"] / figures["ceiling_images_per_s"], 3)
     assert figures["target_ratio_to_ceiling_min"] == 0.95
     # params.yaml's 16 steps per call, cut to a divisor of the 3 timed steps; the ceiling runs them

@@ -37,8 +37,8 @@ import pathlib
 import tensorflow as tf
 
 from components.compat import apply_keras_workarounds
-from components.inputs.arrays import read_split
 from components.data.errors import DataError
+from components.inputs.arrays import read_split
 from components.inputs.augment import Augmenter
 from components.inputs.config import AUTOTUNE, InputConfig, one_hot_labels
 from components.inputs.policies import expand_policies
@@ -83,7 +83,7 @@ def build_dataset(data_dir: str | os.PathLike, split: str, config: InputConfig, 
         pipeline_id, pipelines = input_context.input_pipeline_id, input_context.num_input_pipelines
         batch_size = input_context.get_per_replica_batch_size(config.batch_size)
         files = shard_files(files, pipeline_id, pipelines, str(data_dir), split)
-        shards = shards[pipeline_id::pipelines]
+        shards = shard_files(shards, pipeline_id, pipelines)  # the same rule for the decoded split's shards
     ops = expand_policies(config.augment, info["image_shape"][2]) if training else ()
     one_hot = one_hot_labels(config)
     deterministic = config.deterministic or not training
@@ -232,8 +232,8 @@ def parse_batch(serialized: tf.Tensor, image_shape) -> tuple[tf.Tensor, tf.Tenso
     return images, features["label"]
 
 
-def shard_files(files: list[str], pipeline_id: int, pipelines: int, data_dir: str = "", split: str = "") -> list[str]:
-    """The files input pipeline ``pipeline_id`` of ``pipelines`` reads: every ``pipelines``-th one."""
+def shard_files(files: list, pipeline_id: int, pipelines: int, data_dir: str = "", split: str = "") -> list:
+    """The files (or shard indices) input pipeline ``pipeline_id`` of ``pipelines`` reads: every ``pipelines``-th one."""
     if pipelines > len(files):
         raise DataError(f"{data_dir}: split '{split}' has {len(files)} shard file(s), fewer than the "
                         f"{pipelines} input pipelines; prepare it with at least {pipelines} shards")

@@ -150,6 +150,16 @@ def make_strategy(mode: str):
     return tf.distribute.get_strategy()
 
 
+def is_default_strategy(strategy) -> bool:
+    """Whether ``strategy`` (from :func:`make_strategy`, or None off TensorFlow) places every
+    step on one device as is: None or TensorFlow's default strategy, not a Mirrored one."""
+    if strategy is None:
+        return True
+    import tensorflow as tf
+
+    return strategy is tf.distribute.get_strategy()  # the default strategy is one object, outside any scope
+
+
 def start_workers(cluster: Cluster) -> None:
     """Join the other workers (``jax.distributed``) and make Keras place every step on all of
     them. Call before JAX runs anything; returns once every worker has joined (or raises

@@ -9,10 +9,12 @@
 ``fit`` gets a finite validation set holding every example once, ``steps_per_epoch`` and
 for training either one pass (``tfdata``: a data set of exactly ``steps_per_epoch``
 batches; Keras 3.15 makes a new iterator, which draws the next pass, when one ends, and
-runs a last, shorter execution when ``steps_per_execution`` does not divide the epoch) or
-an endless stream cut into epochs by ``steps_per_epoch`` (``device``, the tf.data
-service, or ``repeat`` asked for; there Keras 3.15 rounds every epoch up to whole
-executions, see :func:`execution_steps`). TensorFlow is imported only for ``tfdata``.
+runs a last, shorter execution when ``steps_per_execution`` does not divide the epoch),
+the same passes in blocks of one execution's batches (``tfdata`` with ``block``, for the
+train function of :mod:`components.training.blocks`), or an endless stream cut into
+epochs by ``steps_per_epoch`` (``device``, the tf.data service, or ``repeat`` asked for;
+there Keras 3.15 rounds every epoch up to whole executions, see
+:func:`execution_steps`). TensorFlow is imported only for ``tfdata``.
 
 Among several workers (``device`` only, on JAX: :mod:`components.training.distribute`) each
 worker draws its local share of every global batch from its own train shard files, in its
@@ -34,7 +36,8 @@ from components.training.distribute import Cluster, local_batch_size, worker_sha
 class TrainingInputs:
     """What ``fit`` trains and validates on."""
 
-    train: object  # one epoch's pass (one_pass_per_iteration), else endless: per_epoch batches make one epoch
+    train: object  # one epoch's pass (one_pass_per_iteration), else endless: per_epoch batches (blocks: one
+    #                per call, a pass's blocks) make one epoch
     validation: object  # finite: every validation example once, in a fixed order
 
 
@@ -60,14 +63,25 @@ def execution_steps(setting: int, per_epoch: int, one_pass: bool) -> int:
     return max(d for d in range(1, min(setting, per_epoch) + 1) if per_epoch % d == 0)
 
 
+def execution_blocks(inputs: InputConfig, per_call: int, distributed: bool) -> int:
+    """Batches per input element for ``fit`` (0: one batch per element): ``per_call`` (the
+    model's ``steps_per_execution``) where the train function of
+    :mod:`components.training.blocks` takes them, that is one pass per epoch of tf.data
+    (:func:`one_pass_per_iteration`), several steps per call, and one device as is (not
+    ``distributed``: several replicas or workers, or any ``tf.distribute`` strategy but the
+    default, whose steps Keras runs through ``strategy.run``)."""
+    return per_call if one_pass_per_iteration(inputs) and per_call > 1 and not distributed else 0
+
+
 def build_training_inputs(data_dir: pathlib.Path, info: dict, inputs: InputConfig, per_epoch: int,
-                          completed_epochs: int, cluster: Cluster = Cluster()) -> TrainingInputs:
+                          completed_epochs: int, cluster: Cluster = Cluster(), block: int = 0) -> TrainingInputs:
     """The inputs of ``inputs.pipeline`` (resolved: ``tfdata`` or ``device``), positioned so
     the first training batch is epoch ``completed_epochs + 1``'s; with several workers in
-    ``cluster``, this worker's part (``device`` only, batches of the local batch size)."""
+    ``cluster``, this worker's part (``device`` only, batches of the local batch size); with
+    ``block`` (from :func:`execution_blocks`), training batches in blocks of that many."""
     if inputs.pipeline == "device":
         return _device_inputs(data_dir, info, inputs, per_epoch, completed_epochs, cluster)
-    return _tfdata_inputs(data_dir, info, inputs, per_epoch, completed_epochs)
+    return _tfdata_inputs(data_dir, info, inputs, per_epoch, completed_epochs, block)
 
 
 def _device_inputs(data_dir: pathlib.Path, info: dict, inputs: InputConfig, per_epoch: int, completed_epochs: int,
@@ -96,7 +110,7 @@ def _device_inputs(data_dir: pathlib.Path, info: dict, inputs: InputConfig, per_
 
 
 def _tfdata_inputs(data_dir: pathlib.Path, info: dict, inputs: InputConfig, per_epoch: int,
-                   completed_epochs: int) -> TrainingInputs:
+                   completed_epochs: int, block: int) -> TrainingInputs:
     import tensorflow as tf
 
     from components.inputs.dataset import build_dataset
@@ -109,12 +123,13 @@ def _tfdata_inputs(data_dir: pathlib.Path, info: dict, inputs: InputConfig, per_
     validation_batches = steps_per_epoch(info, "validation", inputs.batch_size, drop_remainder=False)
     validation = build_dataset(data_dir, "validation", inputs, training=False).apply(
         tf.data.experimental.assert_cardinality(validation_batches))
-    one_pass = one_pass_per_iteration(inputs)
-    return TrainingInputs(epoch_passes(train, per_epoch, completed_epochs, one_pass, exact=not inputs.data_service),
-                          validation)
+    passes = epoch_passes(train, per_epoch, completed_epochs, one_pass=one_pass_per_iteration(inputs),
+                          exact=not inputs.data_service, block=block)
+    return TrainingInputs(passes, validation)
 
 
-def epoch_passes(train_data, per_epoch: int, completed_epochs: int, one_pass: bool = True, exact: bool = True):
+def epoch_passes(train_data, per_epoch: int, completed_epochs: int, one_pass: bool = True, exact: bool = True,
+                 block: int = 0):
     """What ``fit`` trains on: ``train_data``'s passes, each checked (``exact``) to hold
     exactly ``per_epoch`` batches, the first being epoch ``completed_epochs + 1``'s.
 
@@ -123,7 +138,11 @@ def epoch_passes(train_data, per_epoch: int, completed_epochs: int, one_pass: bo
     time one has given the data set's length (``EpochIterator._enumerate_iterator``), so
     epoch e trains on the e-th iterator. (Without ``steps_per_epoch`` it would make two
     per epoch, one never read.) Otherwise the passes one after another as one endless
-    stream. Through the tf.data service a pass's count varies (each service
+    stream. ``block``: each pass in blocks of ``block`` batches stacked (the last one
+    shorter), the passes one after another: one block per compiled call, so an epoch's
+    ``ceil(per_epoch / block)`` calls take exactly its pass
+    (:mod:`components.training.blocks`). Through the tf.data service a pass's count
+    varies (each service
     worker drops its own last partial batch), so it is not checked and an epoch is
     ``per_epoch`` batches of the stream; an already endless ``train_data`` (``repeat``) is
     taken as it is.
@@ -145,4 +164,7 @@ def epoch_passes(train_data, per_epoch: int, completed_epochs: int, one_pass: bo
     checked = train_data.apply(tf.data.experimental.assert_cardinality(per_epoch)) if exact else train_data
     for _ in range(completed_epochs):
         iter(checked)
+    if block:
+        # the next block made while the call before it trains
+        return checked.batch(block).repeat().prefetch(1)
     return checked if one_pass else checked.repeat()

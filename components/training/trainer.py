@@ -48,14 +48,15 @@ from components.inputs.config import InputConfig, one_hot_labels
 from components.inputs.normalization import normalization_layer
 from components.inputs.shards import check_prepared, steps_per_epoch
 from components.models import create_model, model_info
+from components.training.blocks import use_block_train_function
 from components.training.callbacks import (STATE_FILE, Checkpoint, CheckpointError, Checkpointer, EpochTimer,
                                            ProgressLine, WorkerSync, kill_point, latest_checkpoint, replace_directory,
                                            write_atomically, write_history_csv)
 from components.training.config import Experiment, RecipeConfig, TrainSettings
 from components.training.distribute import (Cluster, barrier, check_shared_directory, cluster_from_env,
-                                            distribution_mode, gather, local_batch_size, make_strategy,
-                                            start_workers, worker_shards, worker_steps_per_epoch)
-from components.training.inputs import build_training_inputs, execution_steps, one_pass_per_iteration
+                                            distribution_mode, gather, is_default_strategy, local_batch_size,
+                                            make_strategy, start_workers, worker_shards, worker_steps_per_epoch)
+from components.training.inputs import build_training_inputs, execution_blocks, execution_steps, one_pass_per_iteration
 from components.training.schedules import build_optimizer, build_schedule, plateau_callback
 
 
@@ -244,12 +245,14 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
     replicas = (strategy.num_replicas_in_sync if strategy
                 else len(keras.distribution.list_devices()) if several else 1)
     per_call = execution_steps(settings.steps_per_execution, per_epoch, one_pass_per_iteration(inputs))
+    # one input element per call, and our train function taking it (components/training/blocks.py)
+    block = execution_blocks(inputs, per_call, distributed=replicas > 1 or not is_default_strategy(strategy))
     log(f"[train] {experiment.name}: {experiment.model} on {experiment.dataset}, recipe {experiment.recipe_name}, "
         f"{epochs} epochs x {per_epoch} steps of {recipe.batch_size}, {replicas} replica(s), "
         + (f"{cluster.num_workers} workers (this is worker {cluster.worker}), " if several else "") +
         f"{'GPU' if accelerator else 'CPU'}, backend {backend}, input {inputs.pipeline}, precision {policy}, "
         f"XLA {'on' if jit else 'off'}, deterministic {'on' if settings.deterministic else 'off'}, "
-        f"{per_call} step(s) per call")
+        f"{per_call} step(s) per call" + (", one input block per call" if block else ""))
 
     checkpoint_dir = pathlib.Path(settings.checkpoints_dir) / experiment.name
     wanted = fingerprint(experiment, inputs, backend, cluster.num_workers)
@@ -268,6 +271,8 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
         loss, accuracy = loss_and_accuracy(recipe, inputs)
         model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy], jit_compile=jit,
                       steps_per_execution=per_call)
+        if block:
+            use_block_train_function(model)
         if checkpoint:
             optimizer.build(model.trainable_variables)
             model.load_weights(str(checkpoint.weights))  # the optimizer's variables too: step, slots, average
@@ -275,7 +280,8 @@ def train_experiment(experiment: Experiment, settings: TrainSettings, *, callbac
     state = checkpoint.state if checkpoint else {}
     history = list(state.get("history", []))
     initial_epoch = state.get("completed_epochs", 0)
-    data = build_training_inputs(data_dir, info, inputs, per_epoch, initial_epoch, cluster if several else Cluster())
+    data = build_training_inputs(data_dir, info, inputs, per_epoch, initial_epoch, cluster if several else Cluster(),
+                                 block)
     if checkpoint:
         log(f"[train] resuming {experiment.name} after epoch {initial_epoch} of {epochs} at optimizer step "
             f"{int(optimizer.iterations.numpy())} from {checkpoint.path}")
