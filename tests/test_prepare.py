@@ -396,3 +396,29 @@ def test_prepare_scale_archive_is_the_release_format_and_measure_reports_figures
     # us_per_image comes from the unrounded time; "seconds" is rounded to 0.01 s (at most 0.005 s off)
     assert abs(figures["us_per_image"] - 1e6 * figures["seconds"] / 360) <= 1e6 * 0.005 / 360 + 0.005
     assert not (tmp_path / "out").exists()  # each conversion's output is removed after it is measured
+
+
+def test_prepare_scale_interleaves_its_rounds_over_every_size_and_mode(tmp_path, monkeypatch, capsys):
+    """With --repeats 2, each round converts every size in every mode once (round 1 all
+    sizes, then round 2), and each size and mode reports its fastest run, every run's
+    seconds in order and its largest memory; growth is the last size over the first."""
+    import argparse
+
+    from components.benchmarks import prepare_scale
+
+    write = prepare_scale.write_cifar10_like_archive  # small members: 180 images at 1x, 360 at 2x
+    monkeypatch.setattr(prepare_scale, "write_cifar10_like_archive",
+                        lambda directory, scale: write(directory, scale, member_records=30))
+    args = argparse.Namespace(scales=[1, 2], modes=["in_process"], params=str(REPO / "params.yaml"),
+                              work_dir=str(tmp_path / "work"), repeats=2, plot=None, replot=None)
+    result = prepare_scale.run(args)
+    order = re.findall(r"round (\d)/2 (\d)x in_process", capsys.readouterr().err)
+    assert order == [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")]
+    for scale, images in (("1x", 180), ("2x", 360)):
+        figures = result["sizes"][scale]["in_process"]
+        assert figures["images"] == images and len(figures["seconds_all"]) == 2
+        assert figures["seconds"] == min(figures["seconds_all"])
+    first, last = result["sizes"]["1x"]["in_process"], result["sizes"]["2x"]["in_process"]
+    assert result["growth"]["in_process"]["us_per_image"] == round(last["us_per_image"] / first["us_per_image"], 2)
+    assert not list((tmp_path / "work").glob("out-*"))  # outputs removed; the archives kept for reuse
+    assert sorted(p.name for p in (tmp_path / "work").glob("raw-*")) == ["raw-1x", "raw-2x"]
