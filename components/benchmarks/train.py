@@ -9,7 +9,8 @@ long as a real one: at 6,400 images LeNet-5's epoch is 50 steps, half a second, 
 epoch's fixed costs weigh 10-20%), prepared by the real prepare stage, ``--stage-epochs``
 epochs; its steady images/s is what the stage records (``images_per_s`` of
 ``train_metrics.json``: the median training pass after the first epoch, which traces);
-its best epoch after the first is the stage's side of the best-against-best ratio. Ceiling: the same model, batch and compiled step on one
+its best epoch after the first is the stage's side of the best-against-best ratio.
+Ceiling: the same model, batch and compiled step on one
 batch of tensors already resident, no input pipeline, no callbacks (TensorFlow: the
 model's ``train_step`` in a ``tf.function``, as Keras compiles it, called
 ``steps_per_call`` times in each call of one compiled function, as
