@@ -1,6 +1,8 @@
 """Readers on small archives written in the publishers' exact formats, and on broken ones."""
 import gzip
+import io
 import tarfile
+import threading
 
 import numpy as np
 import pytest
@@ -94,6 +96,62 @@ def test_a_part_stops_reading_after_its_members(cifar10_dir):
     assert len(examples_of(first.read_blocks())) == 4 * 40  # data_batch_1-4, read before the cut
     with pytest.raises(DataError, match=r"cifar-10-binary.tar.gz: truncated or corrupt tar.gz"):
         list(last.read_blocks())
+
+
+def _inflating_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "gzip-inflate"]
+
+
+def test_inflating_reader_gives_the_inflated_bytes_in_any_read_sizes():
+    payload = np.random.default_rng(0).integers(0, 8, 100_000, dtype=np.uint8).tobytes()
+    compressed = gzip.compress(payload)
+    with readers.InflatingReader(io.BytesIO(compressed), chunk_bytes=4096, depth=2) as inflated:
+        pieces = [inflated.read(size) for size in (1, 10, 5000, 4096, 7)]
+        pieces.append(inflated.read())  # the rest
+        assert inflated.read(10) == b"" and inflated.read() == b""  # and stays at the end
+    assert b"".join(pieces) == payload
+    assert [len(piece) for piece in pieces[:2]] == [1, 10]
+    assert not _inflating_threads()
+
+
+def test_inflating_reader_stops_its_thread_when_closed_early():
+    compressed = gzip.compress(np.random.default_rng(1).bytes(2_000_000))
+    with readers.InflatingReader(io.BytesIO(compressed), chunk_bytes=1024, depth=1) as inflated:
+        assert len(inflated.read(100)) == 100
+        assert _inflating_threads()  # blocked handing over the next chunk
+    assert not _inflating_threads()
+
+
+def test_inflating_reader_raises_what_gzip_raises_in_the_reading_thread():
+    compressed = bytearray(gzip.compress(bytes(10_000)))
+    compressed[-8] ^= 0xFF  # the CRC-32 in the trailer
+    with readers.InflatingReader(io.BytesIO(bytes(compressed))) as inflated:
+        with pytest.raises(gzip.BadGzipFile, match="CRC check failed"):
+            inflated.read()
+        with pytest.raises(gzip.BadGzipFile, match="CRC check failed"):  # again, rather than waiting
+            inflated.read(1)
+    payload = np.random.default_rng(2).bytes(1_000_000)  # hardly compresses: the cut falls in its last part
+    with readers.InflatingReader(io.BytesIO(gzip.compress(payload)[:900_000])) as inflated:
+        before_the_cut = inflated.read(800_000)  # inflated before the cut: handed over before the error
+        with pytest.raises(EOFError):
+            inflated.read()
+    assert before_the_cut == payload[:800_000]
+    with readers.InflatingReader(io.BytesIO(b"not gzip")) as inflated:
+        with pytest.raises(gzip.BadGzipFile):
+            inflated.read(1)
+
+
+def test_a_cifar_archive_whose_gzip_checksum_is_wrong_is_corrupt(cifar10_dir):
+    """The whole archive is inflated, to the gzip trailer, so damage that still inflates is caught."""
+    directory, _ = cifar10_dir
+    archive = directory / "cifar-10-binary.tar.gz"
+    payload = bytearray(archive.read_bytes())
+    payload[-8] ^= 0xFF  # CRC-32 of the inflated tar
+    archive.write_bytes(bytes(payload))
+    with pytest.raises(DataError, match=r"cifar-10-binary.tar.gz: truncated or corrupt tar.gz archive "
+                                        r"\(BadGzipFile: CRC check failed"):
+        list(ArchiveSource(get_dataset("cifar10"), str(directory)).read_blocks())
+    assert not _inflating_threads()
 
 
 def test_cifar100_uses_fine_label():

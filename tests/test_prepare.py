@@ -355,7 +355,7 @@ def test_prepare_benchmark_reports_both_sides(cifar10_dir):
     assert result["ratio"] > 0 and result["target_ratio_max"] == 1.0  # times are rounded: tiny data, no exact ratio
 
 
-def test_auto_running_mode_follows_the_raw_files_size(cifar10_dir, monkeypatch):
+def test_auto_running_mode_follows_the_cores_and_the_raw_files_size(cifar10_dir, monkeypatch):
     from components.data import prepare as prepare_module
     from components.data.datasets import get_dataset
     from components.data.sources import ArchiveSource, SyntheticSource
@@ -366,11 +366,14 @@ def test_auto_running_mode_follows_the_raw_files_size(cifar10_dir, monkeypatch):
     auto = dataclasses.replace(FAST, direct_running_mode="auto", direct_num_workers=2)
     resolve = prepare_module.resolved_running_mode
     assert prepare_module.PrepareConfig().direct_running_mode == "auto"
-    monkeypatch.setattr(prepare_module.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(prepare_module.os, "cpu_count", lambda: 4)  # more cores than one process uses
     monkeypatch.setattr(prepare_module, "IN_PROCESS_MAX_RAW_BYTES", archive_bytes + 1)
     assert resolve(auto, archive) == "in_memory"
     monkeypatch.setattr(prepare_module, "IN_PROCESS_MAX_RAW_BYTES", archive_bytes)
     assert resolve(auto, archive) == "multi_processing"
+    monkeypatch.setattr(prepare_module.os, "cpu_count", lambda: 2)  # as many as one process uses: any size
+    assert resolve(auto, archive) == "in_memory"
+    monkeypatch.setattr(prepare_module.os, "cpu_count", lambda: 4)
     assert resolve(dataclasses.replace(auto, direct_running_mode="in_memory"), archive) == "in_memory"  # chosen wins
     assert resolve(dataclasses.replace(auto, direct_num_workers=1), archive) == "in_memory"
     assert resolve(auto, SyntheticSource(get_dataset("cifar10"), 10, 10)) == "in_memory"  # one part only

@@ -103,24 +103,32 @@ class PrepareConfig:
         return 1 if self.direct_running_mode in ("in_memory", "auto") else self.direct_num_workers
 
 
-# Where ``direct_running_mode: auto`` moves from one process to worker processes, in bytes of
-# raw input. Measured on a 2-core machine (``bench prepare-scale``, README "How prepare scales"):
-# starting and stopping two worker processes costs about 1.2 s more than one process, and the
-# second worker saves a fifth to a quarter of the conversion beyond that (not half: the second
-# part of a tar.gz inflates the members before its own). So one process wins on CIFAR-10
-# (0.17 GiB: 1.7 s against 2.8 s), the two tie at three times its size (0.51 GiB: 5.9 s and
-# 6.0 s), and two workers win above (40x: 67 s against 87 s).
+# The cores one process keeps busy converting an archive: its own thread, which validates,
+# splits, frames and writes, and the thread inflating the archive beside it
+# (readers.InflatingReader). Measured on this project's 2-core machine (``bench prepare-scale``,
+# README "How prepare scales"), one process is as fast as two worker processes at 40 times
+# CIFAR-10's size (best of five: 59.5 s and 58.8 s; medians 61.9 s and 62.0 s) and faster below
+# (10x: 11.7-12.8 s against 15.6-16.6 s; CIFAR-10 itself: 1.3 s against 2.9 s), at 0.4 times the
+# memory: with no more cores than one process uses, worker processes only add their cost.
+ONE_PROCESS_CORES = 2
+
+# Where ``direct_running_mode: auto`` moves from one process to worker processes on a machine
+# with more cores than ONE_PROCESS_CORES, in bytes of raw input. Measured before the inflating
+# thread, on 2 cores: starting and stopping two worker processes costs about 1.2 s more than
+# one process, and they tied with it at three times CIFAR-10's size (0.51 GiB). Not measured on
+# a machine with more cores, where each worker adds cores one process cannot use.
 IN_PROCESS_MAX_RAW_BYTES = 512 * 2**20
 
 
 def resolved_running_mode(config: PrepareConfig, source: Source) -> str:
     """The DirectRunner mode to run ``source`` in: ``config.direct_running_mode``, or for ``auto``
-    the fastest measured: worker processes for archives of IN_PROCESS_MAX_RAW_BYTES or more on a
-    machine with two cores or more, else one process (the tfds and synthetic sources are read as
-    one part, so a second worker would have nothing to read)."""
+    the fastest measured: one process on a machine with ONE_PROCESS_CORES cores or fewer, for the
+    tfds and synthetic sources (read as one part, so a second worker would have nothing to read)
+    and for archives under IN_PROCESS_MAX_RAW_BYTES; worker processes otherwise."""
     if config.direct_running_mode != "auto":
         return config.direct_running_mode
-    if not isinstance(source, ArchiveSource) or config.direct_num_workers < 2 or (os.cpu_count() or 1) < 2:
+    if (not isinstance(source, ArchiveSource) or config.direct_num_workers < 2
+            or (os.cpu_count() or 1) <= ONE_PROCESS_CORES):
         return "in_memory"
     raw_bytes = sum(storage.size(source.raw_path(raw.name)) for raw in source.spec.raw_files)
     return "in_memory" if raw_bytes < IN_PROCESS_MAX_RAW_BYTES else "multi_processing"
