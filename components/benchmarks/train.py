@@ -9,16 +9,20 @@ long as a real one: at 6,400 images LeNet-5's epoch is 50 steps, half a second, 
 epoch's fixed costs weigh 10-20%), prepared by the real prepare stage, ``--stage-epochs``
 epochs; its steady images/s is what the stage records (``images_per_s`` of
 ``train_metrics.json``: the median training pass after the first epoch, which traces);
-its best epoch after the first is the stage's side of the best-against-best ratio.
+its best epoch after the first is the stage's side of ``best_epoch_ratio_to_ceiling``.
+``--stage-runs N`` runs the stage N times, each followed at once by the ceiling's
+``--repeats`` timings, so each run is set against the ceiling as the machine ran just then
+(on this 2-core machine the ceiling alone moves 12% between runs); the ratios are the
+median over the runs, and ``stage_runs`` lists each run's.
 Ceiling: the same model, batch and compiled step on one
 batch of tensors already resident, no input pipeline, no callbacks (TensorFlow: the
 model's ``train_step`` in a ``tf.function``, as Keras compiles it, called
 ``steps_per_call`` times in each call of one compiled function, as
 ``train.steps_per_execution`` has the stage run it; JAX: ``fit`` on the same resident
 arrays every step). ``ratio_to_ceiling`` is the stage's steady images/s over the
-ceiling's best; ``best_epoch_ratio_to_ceiling`` its best epoch over the same (best
-against best, as every other figure here: on a noisy machine each side's best is its
-least disturbed).
+ceiling's best timing right after it; ``best_epoch_ratio_to_ceiling`` its best epoch over
+the same (best against best, as every other figure here: on a noisy machine each side's
+best is its least disturbed).
 
 Ours: the stage's own pieces: the input pipeline (``--input tfdata``: tf.data over the
 prepared TFRecords; ``--input device``: the split in memory, batches drawn and augmented
@@ -43,6 +47,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,6 +74,8 @@ def add_arguments(parser) -> None:
                         help="synthetic training-set size for the stage run (a tenth is carved for validation); "
                              "default: the prepared data set's train + validation examples")
     parser.add_argument("--stage-epochs", type=int, default=3, help="epochs of the stage run (the first traces)")
+    parser.add_argument("--stage-runs", type=int, default=1,
+                        help="stage runs, each followed by the ceiling's timings; ratios are their median")
 
 
 def _timed_fit(model, data, steps: int, **fit_args) -> float:
@@ -104,8 +111,8 @@ def _bench_entry(args, params: dict) -> dict:
 
 def _stage_run(args, params: dict, backend: str, entry: dict, images: int) -> dict:
     """The train stage on a synthetic data set of ``args.dataset``'s shape and ``images`` examples:
-    its recorded steady images/s, per-epoch rates and wall time. Runs alone, before anything
-    else is timed."""
+    its recorded steady images/s, per-epoch rates and wall time. Runs alone: nothing else of
+    the benchmark runs beside it."""
     import yaml
 
     from components.data.prepare import PrepareConfig, SyntheticConfig, prepare_dataset
@@ -138,6 +145,16 @@ def _stage_run(args, params: dict, backend: str, entry: dict, images: int) -> di
             epochs = [float(row["images_per_s"]) for row in csv.DictReader(handle)]
     return {"images_per_s": metrics["images_per_s"], "epoch_images_per_s": [round(v, 1) for v in epochs],
             "wall_s": round(wall, 1), "images": images}
+
+
+def _best_epoch(stage: dict) -> float:
+    """The stage run's best epoch after the first (which traces), images/s; the first if it ran one."""
+    return max(stage["epoch_images_per_s"][1:] or stage["epoch_images_per_s"])
+
+
+def _median_of(runs: list[dict], key: str) -> float | None:
+    """The median of ``key`` over ``runs``, rounded as the runs' figures; None without runs."""
+    return round(statistics.median(run[key] for run in runs), 3) if runs else None
 
 
 def _ceiling(model, x, y, backend: str, per_call: int = 1):
@@ -208,11 +225,6 @@ def run(args) -> dict:
     experiment: Experiment = resolve_experiment("bench", params)
     data_dir = experiment.paths.data
     info = check_prepared(data_dir, ("train", "validation"), mode="counts" if args.input == "tfdata" else "none")
-    # The stage next, alone on the machine: nothing else of the benchmark runs beside it. By
-    # default as many images as the real data set: its train and validation splits.
-    stage_images = (args.stage_images if args.stage_images is not None
-                    else num_examples(info, "train") + num_examples(info, "validation"))
-    stage = _stage_run(args, params, backend, entry, stage_images) if args.stage else None
     settings = from_dict(TrainSettings, params.get("train"), where="train")
     settings = dataclasses.replace(settings, input={**settings.input, "pipeline": args.input})
     # The stage's arithmetic (train.mixed_precision resolved as the trainer resolves it), so the
@@ -238,8 +250,8 @@ def run(args) -> dict:
 
     def ours_pipeline(config):
         per_epoch = max(args.steps, 3)  # an endless stream either way; the epoch length only sets its cut
-        train = build_training_inputs(data_dir, info, dataclasses.replace(config, repeat=True), per_epoch, 0).train
-        return train.batch(block).prefetch(1) if block else train
+        return build_training_inputs(data_dir, info, dataclasses.replace(config, repeat=True), per_epoch, 0,
+                                     block=block).train
 
     def ours_compiled(config):
         model = compiled(build_training_model(experiment, info, config))
@@ -287,6 +299,23 @@ def run(args) -> dict:
     if measure_determinism:
         with _op_determinism():
             _timed_fit(deterministic_model, deterministic_data, warm_up)
+    images_timed = args.steps * batch
+
+    # The stage runs, each alone on the machine (nothing else of the benchmark runs beside it),
+    # each followed at once by the ceiling. By default as many images as the real data set:
+    # its train and validation splits.
+    stage_images = (args.stage_images if args.stage_images is not None
+                    else num_examples(info, "train") + num_examples(info, "validation"))
+    stage_runs = []
+    for _ in range(args.stage_runs if args.stage else 0):
+        stage = _stage_run(args, params, backend, entry, stage_images)
+        ceiling_after = images_timed / min(ceiling(args.steps) for _ in range(args.repeats))
+        stage_runs.append({**stage, "ceiling_images_per_s": round(ceiling_after, 1),
+                           "ratio_to_ceiling": round(stage["images_per_s"] / ceiling_after, 3),
+                           "best_epoch_ratio_to_ceiling": round(_best_epoch(stage) / ceiling_after, 3)})
+        print(f"[bench train] stage run {len(stage_runs)}/{args.stage_runs}: {json.dumps(stage_runs[-1])}",
+              file=sys.stderr, flush=True)
+
     ours_times, baseline_times, deterministic_times, ceiling_times, per_step_times = [], [], [], [], []
     for _ in range(args.repeats):
         ceiling_times.append(ceiling(args.steps))
@@ -299,7 +328,6 @@ def run(args) -> dict:
         if measure_determinism:
             with _op_determinism():
                 deterministic_times.append(_timed_fit(deterministic_model, deterministic_data, args.steps))
-    images_timed = args.steps * batch
     ours, baseline = images_timed / min(ours_times), images_timed / min(baseline_times)
     deterministic = images_timed / min(deterministic_times) if deterministic_times else None
     ceiling_rate = images_timed / min(ceiling_times)
@@ -317,17 +345,17 @@ def run(args) -> dict:
         # The compute ceiling: the compiled step on resident tensors. ours_to_ceiling: fit with our
         # input, no callbacks or validation; ratio_to_ceiling: the train stage's recorded steady rate.
         "ceiling_images_per_s": round(ceiling_rate, 1), "ours_to_ceiling": round(ours / ceiling_rate, 3),
-        "stage_images_per_s": stage["images_per_s"] if stage else None,
-        "stage_epoch_images_per_s": stage["epoch_images_per_s"] if stage else None,
-        "stage_wall_s": stage["wall_s"] if stage else None,
-        "stage_images": stage["images"] if stage else None,
-        "ratio_to_ceiling": round(stage["images_per_s"] / ceiling_rate, 3) if stage else None,
-        "best_epoch_ratio_to_ceiling": (round(max(stage["epoch_images_per_s"][1:] or stage["epoch_images_per_s"])
-                                              / ceiling_rate, 3) if stage else None),
+        # the stage: the median over its runs, each run against the ceiling timed right after it
+        "stage_images_per_s": _median_of(stage_runs, "images_per_s"),
+        "stage_images": stage_images if stage_runs else None,
+        "ratio_to_ceiling": _median_of(stage_runs, "ratio_to_ceiling"),
+        "best_epoch_ratio_to_ceiling": _median_of(stage_runs, "best_epoch_ratio_to_ceiling"),
         "target_ratio_to_ceiling_min": 0.95,
+        "stage_runs": stage_runs,
         # The compiled step called once per step from Python: the ceiling of a stage without
         # steps_per_execution (the figures before it), and the stage against it.
         "ceiling_one_step_per_call_images_per_s": round(per_step_rate, 1),
-        "ratio_to_one_step_per_call_ceiling": round(stage["images_per_s"] / per_step_rate, 3) if stage else None,
+        "ratio_to_one_step_per_call_ceiling": (round(_median_of(stage_runs, "images_per_s") / per_step_rate, 3)
+                                               if stage_runs else None),
         "steps_timed": args.steps, "repeats": args.repeats,
     }

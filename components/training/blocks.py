@@ -5,7 +5,8 @@ them one by one from the input's iterator (``get_next_as_optional`` and a ``tf.c
 step). Each of those hands a batch from tf.data's threads to the step, and on this
 project's 2-core CPU that per-batch work and those hand-offs took 8-13% of LeNet-5's
 epoch (best epochs at 0.83-0.89 of the compute ceiling against 0.95-1.0 for the same
-``fit`` on one resident batch; ``bench train``, README "Benchmarks"). Here the input
+``fit`` on one resident batch; measured with scratch scripts beside ``bench train``, README
+"Benchmarks"). Here the input
 hands over a whole call's batches at once, stacked into one block (``[k, batch, ...]``,
 ``k`` the call's steps; the last block of a pass shorter), and the call's compiled
 function runs ``train_step`` on each of them in turn: one hand-off per call.
@@ -14,8 +15,9 @@ The steps, their order and their data are Keras' own (the same ``train_step`` on
 same batches), so the weights are the same as one step per call (tested). Keras counts
 ``steps_per_execution`` steps per call and calls the function once per call, so with
 ``steps_per_epoch`` given and an endless stream of blocks, each epoch's calls take its
-pass's blocks exactly (the stream is ``epoch_passes(..., block=k)``). One device only:
-under a ``tf.distribute`` strategy with several replicas Keras' own function stays.
+pass's blocks exactly (the stream is ``epoch_passes(..., block=k)``). One device only,
+under the default strategy: under any other ``tf.distribute`` strategy (several replicas,
+or one replica of ``MirroredStrategy``) and with several workers Keras' own function stays.
 """
 from __future__ import annotations
 

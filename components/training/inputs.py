@@ -145,7 +145,7 @@ def epoch_passes(train_data, per_epoch: int, completed_epochs: int, one_pass: bo
     varies (each service
     worker drops its own last partial batch), so it is not checked and an epoch is
     ``per_epoch`` batches of the stream; an already endless ``train_data`` (``repeat``) is
-    taken as it is.
+    taken as it is (in blocks of ``block`` where asked: ``bench train`` times fits on one).
 
     Each pass draws its own shuffle and augmentation seeds from streams that start afresh
     in every process, so epoch e trains on the e-th draw. A resumed run first moves the
@@ -159,12 +159,12 @@ def epoch_passes(train_data, per_epoch: int, completed_epochs: int, one_pass: bo
     """
     import tensorflow as tf
 
+    # Blocks: prefetch(1), the next block made while the call before it trains.
     if train_data.cardinality() == tf.data.INFINITE_CARDINALITY:
-        return train_data
+        return train_data.batch(block).prefetch(1) if block else train_data
     checked = train_data.apply(tf.data.experimental.assert_cardinality(per_epoch)) if exact else train_data
     for _ in range(completed_epochs):
         iter(checked)
-    if block:
-        # the next block made while the call before it trains
+    if block:  # each pass blocked on its own, so no block spans two epochs
         return checked.batch(block).repeat().prefetch(1)
     return checked if one_pass else checked.repeat()
