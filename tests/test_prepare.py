@@ -401,6 +401,20 @@ def test_prepare_scale_archive_is_the_release_format_and_measure_reports_figures
     assert not (tmp_path / "out").exists()  # each conversion's output is removed after it is measured
 
 
+def test_prepare_scale_on_dask_leaves_the_environment_as_it_was(tmp_path):
+    """A Dask nanny leaves its workers' environment (MALLOC_TRIM_THRESHOLD_, one BLAS thread, ...)
+    in the process that starts it; the benchmark puts it back, so the conversions it spawns after
+    a Dask run do not inherit it (the trim threshold doubled the one-process conversion's time)."""
+    from components.benchmarks import prepare_scale
+
+    raw = tmp_path / "raw"
+    prepare_scale.write_cifar10_like_archive(raw, scale=1, member_records=30)
+    before = dict(os.environ)
+    figures = prepare_scale._measure_on_dask(FAST, raw, tmp_path / "out")
+    assert figures["images"] == 180 and figures["seconds"] > 0
+    assert dict(os.environ) == before
+
+
 def test_prepare_scale_interleaves_its_rounds_over_every_size_and_mode(tmp_path, monkeypatch, capsys):
     """With --repeats 2, each round converts every size in every mode once (round 1 all
     sizes, then round 2), and each size and mode reports its fastest run, every run's
