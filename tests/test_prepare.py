@@ -105,8 +105,9 @@ def test_dask_runner_on_two_worker_processes_writes_the_same_shards(tmp_path, ci
     direct, dask = tmp_path / "direct", tmp_path / "dask"
     prepare_dataset("cifar10", FAST, str(raw_dir), str(direct), log=lambda *_: None)
     two_parts = dataclasses.replace(FAST, read_parts=2)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    from components.benchmarks.prepare_scale import local_dask_cluster  # leaves no Dask environment behind
+
+    with local_dask_cluster() as cluster, distributed.Client(cluster) as client:
         with distributed.get_task_stream(client) as tasks:
             prepare_dataset("cifar10", two_parts, str(raw_dir), str(dask), log=lambda *_: None,
                             beam_args=["--runner=DaskRunner", f"--dask_client_address={cluster.scheduler_address}"])

@@ -25,6 +25,7 @@ per size could not resolve the 25% goal here (README, "How prepare scales"). Wit
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -278,25 +279,35 @@ def run(args) -> dict:
     return result
 
 
-def _measure_on_dask(config, raw_dir: pathlib.Path, out_dir: pathlib.Path) -> dict:
-    """The conversion on the DaskRunner, over a fresh local cluster of two worker processes."""
-    import logging
+@contextlib.contextmanager
+def local_dask_cluster():
+    """A dask.distributed cluster of two single-threaded worker processes on this machine; this
+    process's environment is as it was once the cluster closes.
 
+    A nanny sets its workers' pre-spawn environment in this process's os.environ and leaves it
+    there (distributed.nanny.pre-spawn-environ; https://github.com/dask/distributed/issues/6749,
+    https://github.com/dask/distributed/pull/6841): MALLOC_TRIM_THRESHOLD_=65536, one OpenMP,
+    MKL and OpenBLAS thread, PYTHONHASHSEED. Every process spawned after it would inherit them,
+    and the trim threshold alone doubles the one-process conversion's time here (10x: 23.4 s
+    against 12.1 s), so the environment is put back.
+    """
     import distributed
 
-    logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines are every worker's start and stop
-    # A nanny sets its workers' pre-spawn environment in this process's os.environ and leaves it
-    # there (distributed.nanny.pre-spawn-environ; https://github.com/dask/distributed/issues/6749,
-    # https://github.com/dask/distributed/pull/6841): MALLOC_TRIM_THRESHOLD_=65536, one OpenMP,
-    # MKL and OpenBLAS thread, PYTHONHASHSEED. Every conversion spawned after it would inherit
-    # them, and the trim threshold alone doubles the one-process conversion's time here (10x:
-    # 23.4 s against 12.1 s), so the environment is put back as it was.
     environment = dict(os.environ)
     try:
         with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                       dashboard_address=None) as cluster:
-            return measure(config, raw_dir, out_dir,
-                           ["--runner=DaskRunner", f"--dask_client_address={cluster.scheduler_address}"])
+            yield cluster
     finally:
         os.environ.clear()
         os.environ.update(environment)
+
+
+def _measure_on_dask(config, raw_dir: pathlib.Path, out_dir: pathlib.Path) -> dict:
+    """The conversion on the DaskRunner, over a fresh local cluster of two worker processes."""
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines are every worker's start and stop
+    with local_dask_cluster() as cluster:
+        return measure(config, raw_dir, out_dir,
+                       ["--runner=DaskRunner", f"--dask_client_address={cluster.scheduler_address}"])
