@@ -19,10 +19,14 @@ batch of tensors already resident, no input pipeline, no callbacks (TensorFlow: 
 model's ``train_step`` in a ``tf.function``, as Keras compiles it, called
 ``steps_per_call`` times in each call of one compiled function, as
 ``train.steps_per_execution`` has the stage run it; JAX: ``fit`` on the same resident
-arrays every step). ``ratio_to_ceiling`` is the stage's steady images/s over the
-ceiling's best timing right after it; ``best_epoch_ratio_to_ceiling`` its best epoch over
-the same (best against best, as every other figure here: on a noisy machine each side's
-best is its least disturbed).
+arrays every step). After a stage run the ceiling is timed in windows as long as one of
+the run's epochs (its steps per epoch, to a multiple of ``steps_per_call``), so each side's
+figure is a rate over the same span of time. Each side is then taken the same way:
+``ratio_to_ceiling`` is the stage's steady rate (its median epoch) over the ceiling's
+median window, ``best_epoch_ratio_to_ceiling`` its best epoch over the ceiling's best
+window (best against best, as every other figure here: on a noisy machine each side's best
+is its least disturbed), and ``ratio_to_best_ceiling`` the strictest pairing, the steady
+rate over the best window.
 
 Ours: the stage's own pieces: the input pipeline (``--input tfdata``: tf.data over the
 prepared TFRecords; ``--input device``: the split in memory, batches drawn and augmented
@@ -116,6 +120,7 @@ def _stage_run(args, params: dict, backend: str, entry: dict, images: int) -> di
     import yaml
 
     from components.data.prepare import PrepareConfig, SyntheticConfig, prepare_dataset
+    from components.inputs.shards import num_examples
 
     repo = pathlib.Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory(prefix="bench-train-stage-") as scratch:
@@ -123,8 +128,8 @@ def _stage_run(args, params: dict, backend: str, entry: dict, images: int) -> di
         config = PrepareConfig(source="synthetic", direct_running_mode="in_memory", direct_num_workers=1,
                                synthetic=SyntheticConfig(train_examples=images,
                                                          test_examples=max(images // 10, 100)))
-        prepare_dataset(args.dataset, config, raw_dir=str(root / "raw"), out_dir=str(root / "data" / args.dataset),
-                        log=lambda *_: None)
+        info = prepare_dataset(args.dataset, config, raw_dir=str(root / "raw"),
+                               out_dir=str(root / "data" / args.dataset), log=lambda *_: None)
         stage_params = {**params, "prepare": {**params.get("prepare", {}), "out_root": str(root / "data")},
                         "train": {**params.get("train", {}), "models_dir": str(root / "models"),
                                   "checkpoints_dir": str(root / "checkpoints"),
@@ -144,7 +149,13 @@ def _stage_run(args, params: dict, backend: str, entry: dict, images: int) -> di
         with open(root / "models" / "bench" / "history.csv") as handle:
             epochs = [float(row["images_per_s"]) for row in csv.DictReader(handle)]
     return {"images_per_s": metrics["images_per_s"], "epoch_images_per_s": [round(v, 1) for v in epochs],
-            "wall_s": round(wall, 1), "images": images}
+            "wall_s": round(wall, 1), "images": images, "train_images": num_examples(info, "train")}
+
+
+def _epoch_window(steps_per_epoch: int, per_call: int) -> int:
+    """Ceiling steps timed against a stage run: one of its epochs, to the nearest whole number
+    of compiled calls (at least one)."""
+    return per_call * max(1, round(steps_per_epoch / per_call))
 
 
 def _best_epoch(stage: dict) -> float:
@@ -309,10 +320,14 @@ def run(args) -> dict:
     stage_runs = []
     for _ in range(args.stage_runs if args.stage else 0):
         stage = _stage_run(args, params, backend, entry, stage_images)
-        ceiling_after = images_timed / min(ceiling(args.steps) for _ in range(args.repeats))
-        stage_runs.append({**stage, "ceiling_images_per_s": round(ceiling_after, 1),
-                           "ratio_to_ceiling": round(stage["images_per_s"] / ceiling_after, 3),
-                           "best_epoch_ratio_to_ceiling": round(_best_epoch(stage) / ceiling_after, 3)})
+        window = _epoch_window(stage["train_images"] // batch, per_call)
+        rates = [window * batch / ceiling(window) for _ in range(args.repeats)]
+        steady, best = statistics.median(rates), max(rates)
+        stage_runs.append({**stage, "ceiling_steps": window, "ceiling_images_per_s": round(best, 1),
+                           "ceiling_median_images_per_s": round(steady, 1),
+                           "ratio_to_ceiling": round(stage["images_per_s"] / steady, 3),
+                           "best_epoch_ratio_to_ceiling": round(_best_epoch(stage) / best, 3),
+                           "ratio_to_best_ceiling": round(stage["images_per_s"] / best, 3)})
         print(f"[bench train] stage run {len(stage_runs)}/{args.stage_runs}: {json.dumps(stage_runs[-1])}",
               file=sys.stderr, flush=True)
 
@@ -332,6 +347,7 @@ def run(args) -> dict:
     deterministic = images_timed / min(deterministic_times) if deterministic_times else None
     ceiling_rate = images_timed / min(ceiling_times)
     per_step_rate = images_timed / min(per_step_times) if per_step_times else ceiling_rate
+    stage_rate = _median_of(stage_runs, "images_per_s")
     return {
         "benchmark": "train", "experiment": args.experiment, "dataset": args.dataset, "model": args.model,
         "recipe": args.recipe, "batch_size": batch,
@@ -345,17 +361,18 @@ def run(args) -> dict:
         # The compute ceiling: the compiled step on resident tensors. ours_to_ceiling: fit with our
         # input, no callbacks or validation; ratio_to_ceiling: the train stage's recorded steady rate.
         "ceiling_images_per_s": round(ceiling_rate, 1), "ours_to_ceiling": round(ours / ceiling_rate, 3),
-        # the stage: the median over its runs, each run against the ceiling timed right after it
-        "stage_images_per_s": _median_of(stage_runs, "images_per_s"),
+        # the stage: the median over its runs, each run against the ceiling timed right after it,
+        # in windows as long as one of its epochs (steady against steady, best against best)
+        "stage_images_per_s": stage_rate,
         "stage_images": stage_images if stage_runs else None,
         "ratio_to_ceiling": _median_of(stage_runs, "ratio_to_ceiling"),
         "best_epoch_ratio_to_ceiling": _median_of(stage_runs, "best_epoch_ratio_to_ceiling"),
+        "ratio_to_best_ceiling": _median_of(stage_runs, "ratio_to_best_ceiling"),
         "target_ratio_to_ceiling_min": 0.95,
         "stage_runs": stage_runs,
         # The compiled step called once per step from Python: the ceiling of a stage without
         # steps_per_execution (the figures before it), and the stage against it.
         "ceiling_one_step_per_call_images_per_s": round(per_step_rate, 1),
-        "ratio_to_one_step_per_call_ceiling": (round(_median_of(stage_runs, "images_per_s") / per_step_rate, 3)
-                                               if stage_runs else None),
+        "ratio_to_one_step_per_call_ceiling": round(stage_rate / per_step_rate, 3) if stage_runs else None,
         "steps_timed": args.steps, "repeats": args.repeats,
     }
