@@ -20,8 +20,8 @@ model's ``train_step`` in a ``tf.function``, as Keras compiles it, called
 ``steps_per_call`` times in each call of one compiled function, as
 ``train.steps_per_execution`` has the stage run it; JAX: ``fit`` on the same resident
 arrays every step). After a stage run the ceiling is timed in windows as long as one of
-the run's epochs (its steps per epoch, to a multiple of ``steps_per_call``), so each side's
-figure is a rate over the same span of time. Each side is then taken the same way:
+the run's epochs (its steps per epoch, to the nearest multiple of ``steps_per_call``), so
+each side's figure is a rate over the same span of time. Each side is then taken the same way:
 ``ratio_to_ceiling`` is the stage's steady rate (its median epoch) over the ceiling's
 median window, ``best_epoch_ratio_to_ceiling`` its best epoch over the ceiling's best
 window (best against best, as every other figure here: on a noisy machine each side's best
@@ -113,14 +113,15 @@ def _bench_entry(args, params: dict) -> dict:
     return {"dataset": args.dataset, "model": args.model, "recipe": args.recipe}
 
 
-def _stage_run(args, params: dict, backend: str, entry: dict, images: int) -> dict:
+def _stage_run(args, params: dict, backend: str, entry: dict, images: int, inputs) -> dict:
     """The train stage on a synthetic data set of ``args.dataset``'s shape and ``images`` examples:
-    its recorded steady images/s, per-epoch rates and wall time. Runs alone: nothing else of
-    the benchmark runs beside it."""
+    its recorded steady images/s, per-epoch rates and wall time, and its training images and
+    steps per epoch (batches of ``inputs``, as the trainer counts them). Runs alone: nothing
+    else of the benchmark runs beside it."""
     import yaml
 
     from components.data.prepare import PrepareConfig, SyntheticConfig, prepare_dataset
-    from components.inputs.shards import num_examples
+    from components.inputs.shards import num_examples, steps_per_epoch
 
     repo = pathlib.Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory(prefix="bench-train-stage-") as scratch:
@@ -149,7 +150,8 @@ def _stage_run(args, params: dict, backend: str, entry: dict, images: int) -> di
         with open(root / "models" / "bench" / "history.csv") as handle:
             epochs = [float(row["images_per_s"]) for row in csv.DictReader(handle)]
     return {"images_per_s": metrics["images_per_s"], "epoch_images_per_s": [round(v, 1) for v in epochs],
-            "wall_s": round(wall, 1), "images": images, "train_images": num_examples(info, "train")}
+            "wall_s": round(wall, 1), "images": images, "train_images": num_examples(info, "train"),
+            "steps_per_epoch": steps_per_epoch(info, "train", inputs.batch_size, inputs.drop_remainder)}
 
 
 def _epoch_window(steps_per_epoch: int, per_call: int) -> int:
@@ -319,8 +321,8 @@ def run(args) -> dict:
                     else num_examples(info, "train") + num_examples(info, "validation"))
     stage_runs = []
     for _ in range(args.stage_runs if args.stage else 0):
-        stage = _stage_run(args, params, backend, entry, stage_images)
-        window = _epoch_window(stage["train_images"] // batch, per_call)
+        stage = _stage_run(args, params, backend, entry, stage_images, inputs)
+        window = _epoch_window(stage["steps_per_epoch"], per_call)
         rates = [window * batch / ceiling(window) for _ in range(args.repeats)]
         steady, best = statistics.median(rates), max(rates)
         stage_runs.append({**stage, "ceiling_steps": window, "ceiling_images_per_s": round(best, 1),
